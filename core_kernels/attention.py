@@ -1,0 +1,115 @@
+"""Block-sparse INT8 attention (SageAttention V1 numerics) over the live key blocks of each query block.
+
+One program per (batch, query head, query block of BLOCK_M rows). It walks the block list written by
+block_lists_kernel: first the `full` entries with no element mask, then the rest with the causal / key-tail
+mask. Scores are INT8 Q.K^T with int32 accumulation, scaled by the two block scales into the log2 domain
+(sm_scale*log2(e) is already folded into Q's scale), then an exp2 online softmax; P.V runs in fp16 with fp32
+accumulation. Rows that see no key end with l == 0 and are written as zeros with lse = -inf.
+"""
+import triton
+import triton.language as tl
+
+LN2: tl.constexpr = 0.6931471805599453
+
+
+@triton.jit
+def _attend_blocks(
+    acc, m_i, l_i, q, q_scale,
+    k_head_ptr, k_scale_head_ptr, v_head_ptr, indices_row_ptr, list_start, list_end,
+    q_rows, n_q, n_k, stride_vn,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+):
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    d_valid = offs_d < HEAD_DIM
+    for it in range(list_start, list_end):
+        kb = tl.load(indices_row_ptr + it)
+        k = tl.load(k_head_ptr + kb * (BLOCK_N * HEAD_DIM) + offs_n[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=d_valid[None, :], other=0)
+        k_scale = tl.load(k_scale_head_ptr + kb)
+        s = tl.dot(q, tl.trans(k)).to(tl.float32) * (q_scale * k_scale)
+        k_rows = kb * BLOCK_N + offs_n
+        if MASKED:
+            visible = (k_rows < n_k)[None, :]
+            if IS_CAUSAL:
+                visible = visible & (k_rows[None, :] <= q_rows[:, None] + (n_k - n_q))
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        if MASKED:
+            m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet: no -inf - -inf
+        else:
+            m_new_safe = m_new
+        alpha = tl.math.exp2(m_i - m_new_safe)
+        p = tl.math.exp2(s - m_new_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v_ptrs = v_head_ptr + (kb * BLOCK_N).to(tl.int64) * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :]
+        if MASKED:
+            v = tl.load(v_ptrs, mask=(k_rows < n_k)[:, None] & d_valid[None, :], other=0.0)
+        else:
+            v = tl.load(v_ptrs, mask=d_valid[None, :], other=0.0)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(tl.float16), v.to(tl.float16), acc)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit(do_not_specialize=["n_q", "n_k"])
+def attention_kernel(
+    q_int8_ptr, q_scale_ptr, k_int8_ptr, k_scale_ptr, v_ptr, counts_ptr, indices_ptr, row_shift_ptr,
+    n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    out_ptr, lse_ptr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr, SHIFT_LSE: tl.constexpr,
+):
+    n_qb = tl.cdiv(n_q, BLOCK_M)
+    n_kb = tl.cdiv(n_k, BLOCK_N)
+    pid = tl.program_id(0)
+    bh = pid // n_qb
+    qb = n_qb - 1 - pid % n_qb  # last query blocks first: under causal they carry the most work
+    b = bh // heads_q
+    h = bh % heads_q
+    kv_bh = b * (heads_q // kv_group) + h // kv_group
+
+    list_row = (b * list_stride_b + h * list_stride_h).to(tl.int64) * n_qb + qb
+    n_live = tl.load(counts_ptr + list_row * 2)
+    n_full = tl.load(counts_ptr + list_row * 2 + 1)
+    indices_row_ptr = indices_ptr + list_row * n_kb
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    d_valid = offs_d < HEAD_DIM
+    q_block = bh.to(tl.int64) * n_qb + qb
+    q = tl.load(q_int8_ptr + q_block * (BLOCK_M * HEAD_DIM) + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+                mask=d_valid[None, :], other=0)
+    q_scale = tl.load(q_scale_ptr + q_block)
+    q_rows = qb * BLOCK_M + offs_m
+
+    k_head_ptr = k_int8_ptr + kv_bh.to(tl.int64) * n_kb * (BLOCK_N * HEAD_DIM)
+    k_scale_head_ptr = k_scale_ptr + kv_bh.to(tl.int64) * n_kb
+    v_head_ptr = v_ptr + b.to(tl.int64) * stride_vb + (h // kv_group).to(tl.int64) * stride_vh
+
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
+                                   indices_row_ptr, 0, n_full, q_rows, n_q, n_k, stride_vn,
+                                   BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, False)
+    acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
+                                   indices_row_ptr, n_full, n_live, q_rows, n_q, n_k, stride_vn,
+                                   BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, True)
+
+    seen_nothing = l_i == 0.0
+    out = acc / tl.where(seen_nothing, 1.0, l_i)[:, None]  # acc is 0 there too: zeros, never 0/0
+    row_valid = q_rows < n_q
+    out_ptrs = (out_ptr + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+                + (qb * BLOCK_M).to(tl.int64) * stride_on + offs_m[:, None] * stride_on + offs_d[None, :])
+    tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None] & d_valid[None, :])
+    if RETURN_LSE:
+        lse2 = m_i + tl.math.log2(tl.where(seen_nothing, 1.0, l_i))
+        if SHIFT_LSE:
+            lse2 += tl.load(row_shift_ptr + bh.to(tl.int64) * n_qb * BLOCK_M + q_rows)
+        lse = tl.where(seen_nothing, float("-inf"), lse2 * LN2)
+        tl.store(lse_ptr + bh.to(tl.int64) * n_q + q_rows, lse, mask=row_valid)

@@ -1,0 +1,66 @@
+"""The one static table of launch configurations, shared by every frontend.
+
+Keyed by (compute capability, head_dim tile, dtype of q/k/v). Lookup falls back from the exact capability to
+its major version and then to DEFAULT, so an unknown GPU (or the interpreter, capability None) still launches.
+No autotuning happens on the call path: a frontend picks its entry from here and nothing else.
+"""
+from dataclasses import dataclass
+
+BLOCK_M = 128  # query rows per block: Q's quantization granularity and the mask's row block
+BLOCK_N = 64  # key rows per block: K's quantization granularity and the mask's column block
+ROWS_PER_CHUNK = 2048  # keys summed by one program of channel_sums_kernel
+SUMS_TILE_ROWS = 64
+KB_TILE = 128  # key blocks compacted per step of block_lists_kernel
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class LaunchConfigs:
+    attention: KernelConfig
+    quantize: KernelConfig
+    channel_sums: KernelConfig
+    block_lists: KernelConfig
+
+
+_SIMPLE = KernelConfig(num_warps=4, num_stages=1)
+DEFAULT = LaunchConfigs(
+    attention=KernelConfig(num_warps=4, num_stages=2),
+    quantize=_SIMPLE, channel_sums=_SIMPLE, block_lists=_SIMPLE,
+)
+
+
+def _configs(attention_warps: int, attention_stages: int) -> LaunchConfigs:
+    return LaunchConfigs(KernelConfig(attention_warps, attention_stages), _SIMPLE, _SIMPLE, _SIMPLE)
+
+
+# (capability, head_dim tile, dtype) -> configs; capability is major*10 + minor, or the major alone as a fallback.
+TABLE = {
+    (9, 64, "float16"): _configs(4, 3),
+    (9, 64, "bfloat16"): _configs(4, 3),
+    (9, 128, "float16"): _configs(8, 3),
+    (9, 128, "bfloat16"): _configs(8, 3),
+    (9, 256, "float16"): _configs(8, 2),
+    (9, 256, "bfloat16"): _configs(8, 2),
+    (8, 64, "float16"): _configs(4, 3),
+    (8, 64, "bfloat16"): _configs(4, 3),
+    (8, 128, "float16"): _configs(8, 2),
+    (8, 128, "bfloat16"): _configs(8, 2),
+    (8, 256, "float16"): _configs(8, 1),
+    (8, 256, "bfloat16"): _configs(8, 1),
+}
+
+
+def lookup(capability, head_dim_pad: int, dtype: str) -> LaunchConfigs:
+    """capability: (major, minor) or None (interpreter)."""
+    if capability is None:
+        return DEFAULT
+    major, minor = capability
+    for key in ((major * 10 + minor, head_dim_pad, dtype), (major, head_dim_pad, dtype)):
+        if key in TABLE:
+            return TABLE[key]
+    return DEFAULT

@@ -1,0 +1,282 @@
+"""Framework-free launch plan: array descriptions in, validated buffers and kernel launches out.
+
+Both frontends call `make_plan` with the shapes, strides, dtype names and devices of their arrays and get back
+the same errors, the same buffers and the same launches (kernel, grid, positional arguments, constexprs, warps,
+stages). A frontend then only allocates `plan.buffers` and launches `plan.launches` in order, so torch and JAX
+run identical kernels with identical scalars -- which is what makes their outputs bitwise equal.
+
+Integer arithmetic here also accepts torch SymInts: nothing branches on a sequence length except emptiness,
+so `torch.compile(dynamic=True)` does not recompile per length.
+"""
+import math
+from dataclasses import dataclass
+
+from . import configs
+from .attention import attention_kernel
+from .block_lists import block_lists_kernel
+from .quantize import channel_sums_kernel, quantize_blocks_kernel
+
+FLOAT_DTYPES = ("float16", "bfloat16")
+MASK_DTYPES = ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
+LAYOUTS = ("HND", "NHD")
+MAX_HEAD_DIM = 256
+LOG2E = 1.4426950408889634
+# In-tile offsets are int32 (block bases are int64): a tile of BLOCK_M rows must stay below 2**31 elements.
+MAX_ROW_STRIDE = (2**31 - 1) // configs.BLOCK_M
+MAX_GRID_Y = 65535
+
+
+@dataclass(frozen=True)
+class ArrayDesc:
+    """What the plan needs to know of one array: shape, strides in elements, dtype name, device label."""
+    shape: tuple
+    strides: tuple
+    dtype: str
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class Buffer:
+    shape: tuple
+    dtype: str  # "int8", "int32", "float32", or the dtype of q
+    fill: float | None = None  # None: every element is written by a launch (allocate uninitialised)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """kernel[grid](*inputs, *scalars, *outputs, **constexprs) with num_warps / num_stages.
+
+    inputs and outputs name arrays: "q", "k", "v", "mask_id" or a key of Plan.buffers.
+    """
+    name: str
+    kernel: object
+    grid: tuple
+    inputs: tuple
+    scalars: tuple
+    outputs: tuple
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    buffers: dict
+    launches: tuple
+    return_lse: bool
+
+
+def _cdiv(a, b):
+    return (a + b - 1) // b
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << (x - 1).bit_length()
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _check_flag(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"sparse_sageattn: {name} must be a bool, got {type(value).__name__}")
+
+
+def _bhnd_strides(desc: ArrayDesc, layout: str):
+    """(batch, head, seq) strides of a 4-D array in the given layout."""
+    s = desc.strides
+    return (s[0], s[1], s[2]) if layout == "HND" else (s[0], s[2], s[1])
+
+
+def _mask_strides(mask: ArrayDesc, target: tuple):
+    """Strides of `mask` broadcast (numpy rules) to the 4-D `target` shape: 0 along broadcast dims."""
+    if len(mask.shape) > 4 or any(
+        m != 1 and m != t for m, t in zip(reversed(mask.shape), reversed(target))
+    ):
+        raise ValueError(
+            f"sparse_sageattn: mask_id of shape {_fmt(mask.shape)} is not broadcastable to "
+            f"(B, Hq, ceil(Nq/{configs.BLOCK_M}), ceil(Nk/{configs.BLOCK_N})) = {_fmt(target)}"
+        )
+    pad = 4 - len(mask.shape)
+    shape = (1,) * pad + tuple(mask.shape)
+    strides = (0,) * pad + tuple(mask.strides)
+    return shape, tuple(0 if n == 1 else st for n, st in zip(shape, strides))
+
+
+def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tensor_layout, sm_scale,
+             smooth_k, return_lse):
+    """Raise ValueError/TypeError naming the argument for anything the kernels do not support."""
+    if tensor_layout not in LAYOUTS:
+        raise ValueError(f"sparse_sageattn: tensor_layout must be 'HND' or 'NHD', got {tensor_layout!r}")
+    _check_flag("is_causal", is_causal)
+    _check_flag("smooth_k", smooth_k)
+    _check_flag("return_lse", return_lse)
+    if sm_scale is not None and (
+        isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float))
+        or not math.isfinite(sm_scale) or sm_scale <= 0
+    ):
+        raise ValueError(f"sparse_sageattn: sm_scale must be a positive finite number or None, got {sm_scale!r}")
+    dims = "(B, H, N, D)" if tensor_layout == "HND" else "(B, N, H, D)"
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if len(a.shape) != 4:
+            raise ValueError(
+                f"sparse_sageattn: {name} must have 4 dimensions {dims} for tensor_layout={tensor_layout!r}, "
+                f"got shape {_fmt(a.shape)}"
+            )
+        if a.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"sparse_sageattn: {name} must be float16 or bfloat16, got {a.dtype}")
+    for name, a in (("k", k), ("v", v)):
+        if a.dtype != q.dtype:
+            raise TypeError(f"sparse_sageattn: q, k and v must share one dtype, got q {q.dtype} and {name} {a.dtype}")
+    for name, a in (("k", k), ("v", v)):
+        if a.device != q.device:
+            raise ValueError(f"sparse_sageattn: q, k and v must be on one device, got q on {q.device} and "
+                             f"{name} on {a.device}")
+    b_axis, h_axis, n_axis = (0, 1, 2) if tensor_layout == "HND" else (0, 2, 1)
+    for name, a in (("k", k), ("v", v)):
+        if a.shape[b_axis] != q.shape[b_axis]:
+            raise ValueError(f"sparse_sageattn: {name} has batch {a.shape[b_axis]}, q has {q.shape[b_axis]}")
+        if a.shape[3] != q.shape[3]:
+            raise ValueError(f"sparse_sageattn: {name} has head_dim {a.shape[3]}, q has {q.shape[3]}")
+    if v.shape[n_axis] != k.shape[n_axis]:
+        raise ValueError(f"sparse_sageattn: v has {v.shape[n_axis]} keys, k has {k.shape[n_axis]}")
+    if v.shape[h_axis] != k.shape[h_axis]:
+        raise ValueError(f"sparse_sageattn: v has {v.shape[h_axis]} heads, k has {k.shape[h_axis]}")
+    heads_q, heads_kv = q.shape[h_axis], k.shape[h_axis]
+    if heads_kv == 0 or heads_q % heads_kv != 0:
+        raise ValueError(
+            f"sparse_sageattn: q's {heads_q} heads must be a multiple of k's and v's {heads_kv} heads (GQA/MQA)"
+        )
+    head_dim = q.shape[3]
+    if not (8 <= head_dim <= MAX_HEAD_DIM and head_dim % 8 == 0):
+        raise ValueError(
+            f"sparse_sageattn: head_dim must be a multiple of 8 between 8 and {MAX_HEAD_DIM} (64 and 128 are "
+            f"the fast paths), got {head_dim}"
+        )
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if a.strides[3] != 1:
+            raise ValueError(
+                f"sparse_sageattn: {name} must be contiguous in its last dimension (stride 1), got strides "
+                f"{_fmt(a.strides)}"
+            )
+        if any(abs(s) > MAX_ROW_STRIDE for s in _bhnd_strides(a, tensor_layout)[2:]):
+            raise ValueError(f"sparse_sageattn: {name}'s sequence stride must be at most {MAX_ROW_STRIDE}, "
+                             f"got strides {_fmt(a.strides)}")
+    n_q, n_k = q.shape[n_axis], k.shape[n_axis]
+    if _cdiv(n_q, configs.BLOCK_M) > MAX_GRID_Y or _cdiv(n_k, configs.BLOCK_N) > MAX_GRID_Y:
+        raise ValueError(
+            f"sparse_sageattn: at most {MAX_GRID_Y * configs.BLOCK_M} queries and {MAX_GRID_Y * configs.BLOCK_N} "
+            f"keys are supported, got {n_q} and {n_k}"
+        )
+    if mask_id is not None:
+        if mask_id.dtype not in MASK_DTYPES:
+            raise TypeError(f"sparse_sageattn: mask_id must be a bool or integer array (nonzero = compute the "
+                            f"block), got {mask_id.dtype}")
+        if mask_id.device != q.device:
+            raise ValueError(f"sparse_sageattn: mask_id must be on q's device {q.device}, got {mask_id.device}")
+        _mask_strides(mask_id, (q.shape[b_axis], heads_q, _cdiv(n_q, configs.BLOCK_M), _cdiv(n_k, configs.BLOCK_N)))
+
+
+def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | None = None, is_causal=False,
+              tensor_layout="HND", sm_scale=None, smooth_k=True, return_lse=False, capability=None) -> Plan:
+    """Validate and resolve one sparse_sageattn call. `capability`: (major, minor) of the GPU, None = interpreter."""
+    validate(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse)
+    b_axis, h_axis, n_axis = (0, 1, 2) if tensor_layout == "HND" else (0, 2, 1)
+    batch, heads_q, n_q = q.shape[b_axis], q.shape[h_axis], q.shape[n_axis]
+    head_dim = int(q.shape[3])  # a constexpr: specialise it even when shapes are symbolic
+    heads_kv, n_k = k.shape[h_axis], k.shape[n_axis]
+    kv_group = heads_q // heads_kv
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(head_dim)
+    head_dim_pad = max(32, _next_pow2(head_dim))  # int8 tl.dot needs K >= 32
+    cfg = configs.lookup(capability, head_dim_pad, q.dtype)
+    block_m, block_n = configs.BLOCK_M, configs.BLOCK_N
+    n_qb, n_kb = _cdiv(n_q, block_m), _cdiv(n_k, block_n)
+
+    out_shape = (batch, heads_q, n_q, head_dim) if tensor_layout == "HND" else (batch, n_q, heads_q, head_dim)
+    lse_shape = (batch, heads_q, n_q) if return_lse else (1,)
+    if batch == 0 or heads_q == 0 or n_q == 0 or n_k == 0:
+        # Nothing to launch: an empty output, or (no keys) rows that see nothing -- zeros with lse -inf.
+        buffers = {"out": Buffer(out_shape, q.dtype, 0.0), "lse": Buffer(lse_shape, "float32", -math.inf)}
+        return Plan(buffers, (), return_lse)
+
+    dims = dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad)
+    buffers = {}
+    launches = []
+
+    def launch(name, kernel, grid, inputs, scalars, outputs, constexprs, kcfg):
+        launches.append(Launch(name, kernel, grid, tuple(inputs), tuple(scalars), tuple(outputs), constexprs,
+                               kcfg.num_warps, kcfg.num_stages))
+
+    q_strides = _bhnd_strides(q, tensor_layout)
+    k_strides = _bhnd_strides(k, tensor_layout)
+    v_strides = _bhnd_strides(v, tensor_layout)
+    sums = "k"  # never read unless smoothing: any array serves as the pointer
+    if smooth_k:
+        sums = "k_channel_sums"
+        n_chunks = _cdiv(n_k, configs.ROWS_PER_CHUNK)
+        buffers[sums] = Buffer((batch * heads_kv, n_chunks, head_dim_pad), "float32")
+        launch("channel_sums", channel_sums_kernel, (batch * heads_kv, n_chunks), ["k"],
+               [n_k, heads_kv, *k_strides], [sums],
+               dict(ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, TILE_ROWS=configs.SUMS_TILE_ROWS, **dims),
+               cfg.channel_sums)
+
+    shift_lse = smooth_k and return_lse
+    buffers["k_int8"] = Buffer((batch * heads_kv, n_kb * block_n, head_dim), "int8")
+    buffers["k_scale"] = Buffer((batch * heads_kv, n_kb), "float32")
+    buffers["k_row_shift"] = Buffer((1,), "float32")  # an output slot the K launch never writes
+    launch("quantize_k", quantize_blocks_kernel, (batch * heads_kv, n_kb), ["k", sums],
+           [1.0, n_k, n_k, heads_kv, 1, *k_strides], ["k_int8", "k_scale", "k_row_shift"],
+           dict(BLOCK_ROWS=block_n, ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SUBTRACT_MEAN=smooth_k,
+                WRITE_ROW_SHIFT=False, **dims),
+           cfg.quantize)
+
+    buffers["q_int8"] = Buffer((batch * heads_q, n_qb * block_m, head_dim), "int8")
+    buffers["q_scale"] = Buffer((batch * heads_q, n_qb), "float32")
+    buffers["q_row_shift"] = Buffer((batch * heads_q, n_qb * block_m) if shift_lse else (1,), "float32")
+    launch("quantize_q", quantize_blocks_kernel, (batch * heads_q, n_qb), ["q", sums],
+           [float(sm_scale) * LOG2E, n_q, n_k, heads_q, kv_group, *q_strides],
+           ["q_int8", "q_scale", "q_row_shift"],
+           dict(BLOCK_ROWS=block_m, ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SUBTRACT_MEAN=False,
+                WRITE_ROW_SHIFT=shift_lse, **dims),
+           cfg.quantize)
+
+    # Block lists: one per (batch, head) the mask distinguishes; a mask broadcast over heads shares one list.
+    mask_name, mask_strides, list_b, list_h = "q", (0, 0, 0, 0), 1, 1  # no mask: "q" is an unread pointer
+    if mask_id is not None:
+        mask_shape, mask_strides = _mask_strides(mask_id, (batch, heads_q, n_qb, n_kb))
+        mask_name = "mask_id"
+        list_b = batch if mask_shape[0] != 1 else 1
+        list_h = heads_q if mask_shape[1] != 1 else 1
+    buffers["block_counts"] = Buffer((list_b * list_h, n_qb, 2), "int32")
+    buffers["block_indices"] = Buffer((list_b * list_h, n_qb, n_kb), "int32")
+    launch("block_lists", block_lists_kernel, (list_b * list_h, n_qb), [mask_name],
+           [n_q, n_k, list_h, *mask_strides], ["block_counts", "block_indices"],
+           dict(BLOCK_M=block_m, BLOCK_N=block_n, KB_TILE=configs.KB_TILE, HAS_MASK=mask_id is not None,
+                IS_CAUSAL=is_causal),
+           cfg.block_lists)
+
+    buffers["out"] = Buffer(out_shape, q.dtype)
+    buffers["lse"] = Buffer(lse_shape, "float32")
+    out_strides = contiguous_strides(out_shape)
+    out_strides = (out_strides[0], out_strides[1], out_strides[2]) if tensor_layout == "HND" else (
+        out_strides[0], out_strides[2], out_strides[1])
+    launch("attention", attention_kernel, (batch * heads_q * n_qb,),
+           ["q_int8", "q_scale", "k_int8", "k_scale", "v", "block_counts", "block_indices", "q_row_shift"],
+           [n_q, n_k, heads_q, kv_group, list_h if list_b != 1 else 0, 1 if list_h != 1 else 0,
+            *v_strides, *out_strides],
+           ["out", "lse"],
+           dict(BLOCK_M=block_m, BLOCK_N=block_n, IS_CAUSAL=is_causal, RETURN_LSE=return_lse,
+                SHIFT_LSE=shift_lse, **dims),
+           cfg.attention)
+    return Plan(buffers, tuple(launches), return_lse)
+
+
+def contiguous_strides(shape):
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc = acc * n
+    return tuple(reversed(strides))
+

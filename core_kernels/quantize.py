@@ -1,0 +1,102 @@
+"""Per-block INT8 quantization of Q and K (SageAttention V1), with K smoothed by its mean.
+
+Two kernels, launched in this order:
+  channel_sums_kernel     K -> fp32 partial channel sums, one row of sums per chunk of ROWS_PER_CHUNK keys.
+                          Splitting the sum over chunks keeps every SM busy when B*H is small; the partials are
+                          later added in a fixed order, so the mean is deterministic (no atomics).
+  quantize_blocks_kernel  one block of rows -> INT8 rows + one fp32 scale. Launched once for K (mean subtracted)
+                          and once for Q (sm_scale*log2(e) folded in, optional per-row q.mean for the lse).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit(do_not_specialize=["n_rows"])
+def channel_sums_kernel(
+    x_ptr,
+    n_rows, heads,
+    stride_b, stride_h, stride_n,
+    partial_sums_ptr,
+    ROWS_PER_CHUNK: tl.constexpr, TILE_ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    chunk = tl.program_id(1)
+    n_chunks = tl.num_programs(1)
+    b = bh // heads
+    h = bh % heads
+    first_row = chunk * ROWS_PER_CHUNK
+    chunk_ptr = x_ptr + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + first_row.to(tl.int64) * stride_n
+    offs_r = tl.arange(0, TILE_ROWS)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    acc = tl.zeros([TILE_ROWS, HEAD_DIM_PAD], dtype=tl.float32)
+    for r0 in range(0, ROWS_PER_CHUNK, TILE_ROWS):
+        rows = first_row + r0 + offs_r
+        tile_ptr = chunk_ptr + r0 * stride_n
+        valid = (rows < n_rows)[:, None] & (offs_d < HEAD_DIM)[None, :]
+        x = tl.load(tile_ptr + offs_r[:, None] * stride_n + offs_d[None, :], mask=valid, other=0.0)
+        acc += x.to(tl.float32)
+    out_ptr = partial_sums_ptr + (bh.to(tl.int64) * n_chunks + chunk) * HEAD_DIM_PAD
+    tl.store(out_ptr + offs_d, tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _channel_mean(partial_sums_ptr, mean_bh, n_mean_rows, ROWS_PER_CHUNK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
+    """Mean over n_mean_rows of one (batch, kv head), from channel_sums_kernel's partials, in chunk order."""
+    n_chunks = tl.cdiv(n_mean_rows, ROWS_PER_CHUNK)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    row_ptr = partial_sums_ptr + mean_bh.to(tl.int64) * n_chunks * HEAD_DIM_PAD
+    total = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+    for c in range(0, n_chunks):
+        total += tl.load(row_ptr + c * HEAD_DIM_PAD + offs_d)
+    # n_mean_rows == 0 happens only with an empty key sequence; the mean is then unused, keep it finite.
+    return total / tl.maximum(n_mean_rows, 1).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["n_rows", "n_mean_rows"])
+def quantize_blocks_kernel(
+    x_ptr, partial_sums_ptr,
+    pre_scale, n_rows, n_mean_rows, heads, mean_head_group,
+    stride_b, stride_h, stride_n,
+    x_int8_ptr, x_scale_ptr, row_shift_ptr,
+    BLOCK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    ROWS_PER_CHUNK: tl.constexpr, SUBTRACT_MEAN: tl.constexpr, WRITE_ROW_SHIFT: tl.constexpr,
+):
+    """x[b, h, rows of block] * pre_scale (- mean) -> int8 [B*H, n_blocks*BLOCK_ROWS, HEAD_DIM] + fp32 scale.
+
+    The mean is the one of kv head h // mean_head_group (1 for K itself, the GQA group size for Q).
+    Rows past n_rows are written as zeros so the attention kernel loads whole blocks without a mask.
+    """
+    bh = tl.program_id(0)
+    blk = tl.program_id(1)
+    n_blocks = tl.num_programs(1)
+    b = bh // heads
+    h = bh % heads
+    offs_r = tl.arange(0, BLOCK_ROWS)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    rows = blk * BLOCK_ROWS + offs_r
+    d_valid = offs_d < HEAD_DIM
+    valid = (rows < n_rows)[:, None] & d_valid[None, :]
+    block_ptr = x_ptr + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + (blk * BLOCK_ROWS).to(tl.int64) * stride_n
+    x = tl.load(block_ptr + offs_r[:, None] * stride_n + offs_d[None, :], mask=valid, other=0.0).to(tl.float32)
+    x = x * tl.cast(pre_scale, tl.float32)  # jax-triton passes Python floats as fp64
+    if SUBTRACT_MEAN or WRITE_ROW_SHIFT:
+        mean_bh = b * (heads // mean_head_group) + h // mean_head_group
+        mean = _channel_mean(partial_sums_ptr, mean_bh, n_mean_rows, ROWS_PER_CHUNK, HEAD_DIM_PAD)
+        if SUBTRACT_MEAN:
+            x = tl.where(valid, x - mean[None, :], 0.0)
+        if WRITE_ROW_SHIFT:
+            # (pre_scale * q) . mean: what smoothing K removed from each logit, added back to the lse.
+            row_shift = tl.sum(x * mean[None, :], axis=1)
+            tl.store(row_shift_ptr + bh.to(tl.int64) * n_blocks * BLOCK_ROWS + rows, row_shift)
+    amax = tl.max(tl.abs(x))
+    # tl.max ignores NaN on the GPU; count NaNs so that they reach the output instead of vanishing.
+    n_nan = tl.sum((x != x).to(tl.int32))
+    inv_scale = tl.where(amax > 0.0, 127.0 / amax, 0.0)  # an all-zero block quantizes to 0, never 0/0
+    scaled = x * inv_scale
+    scaled = tl.where(scaled == scaled, scaled, 0.0)
+    x_int8 = (scaled + tl.where(scaled >= 0.0, 0.5, -0.5)).to(tl.int8)  # round half away from zero
+    scale = tl.where(n_nan > 0, float("nan"), amax / 127.0)
+    out_ptr = x_int8_ptr + (bh.to(tl.int64) * n_blocks + blk) * (BLOCK_ROWS * HEAD_DIM)
+    tl.store(out_ptr + offs_r[:, None] * HEAD_DIM + offs_d[None, :], x_int8, mask=d_valid[None, :])
+    tl.store(x_scale_ptr + bh.to(tl.int64) * n_blocks + blk, scale)
