@@ -1,4 +1,7 @@
-"""Float64 numpy reference of the sparse_sageattn contract (exact attention, no quantization)."""
+"""Float64 numpy reference of the sparse_sageattn contract: exact attention, no quantization.
+
+The tests, the demo and the benchmarks compare the kernels against it.
+"""
 import numpy as np
 
 BLOCK_M, BLOCK_N = 128, 64
@@ -9,28 +12,34 @@ def to_bhnd(x, layout):
     return x if layout == "HND" else x.transpose(0, 2, 1, 3)
 
 
-def visible_pairs(batch, heads_q, n_q, n_k, mask_id=None, is_causal=False):
-    """bool (B, Hq, Nq, Nk): the block mask expanded to elements, and the causal rule j <= i + Nk - Nq."""
+def visible_pairs(batch, heads_q, n_q, n_k, mask_id=None, is_causal=False, rows=None):
+    """bool (B, Hq, len(rows), Nk): the block mask expanded to elements, and the causal rule j <= i + Nk - Nq."""
+    rows = np.arange(n_q) if rows is None else np.asarray(rows)
     n_qb, n_kb = -(-n_q // BLOCK_M), -(-n_k // BLOCK_N)
     if mask_id is None:
         blocks = np.ones((batch, heads_q, n_qb, n_kb), dtype=bool)
     else:
         blocks = np.broadcast_to(np.asarray(mask_id) != 0, (batch, heads_q, n_qb, n_kb))
-    pairs = np.repeat(np.repeat(blocks, BLOCK_M, axis=2), BLOCK_N, axis=3)[:, :, :n_q, :n_k]
+    pairs = np.repeat(blocks[:, :, rows // BLOCK_M], BLOCK_N, axis=3)[..., :n_k]
     if is_causal:
-        pairs = pairs & (np.arange(n_k)[None, :] <= np.arange(n_q)[:, None] + (n_k - n_q))
+        pairs = pairs & (np.arange(n_k)[None, :] <= rows[:, None] + (n_k - n_q))
     return pairs
 
 
-def attention(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", sm_scale=None):
-    """Returns (out, lse) in float64; out in q's layout. Rows seeing no key: zeros and lse -inf."""
+def attention(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", sm_scale=None, rows=None):
+    """Returns (out, lse) in float64, out in q's layout; only the query `rows` (all by default).
+
+    Rows that see no key: zeros and lse -inf.
+    """
     q, k, v = (to_bhnd(x, tensor_layout) for x in (q, k, v))
     batch, heads_q, n_q, head_dim = q.shape
+    if rows is not None:
+        q = q[:, :, rows]
     group = heads_q // k.shape[1]
     k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
     scale = 1.0 / np.sqrt(head_dim) if sm_scale is None else sm_scale
     logits = np.einsum("bhid,bhjd->bhij", q, k) * scale
-    visible = visible_pairs(batch, heads_q, n_q, k.shape[2], mask_id, is_causal)
+    visible = visible_pairs(batch, heads_q, n_q, k.shape[2], mask_id, is_causal, rows)
     logits = np.where(visible, logits, -np.inf)
     row_max = logits.max(axis=-1, keepdims=True, initial=-np.inf)
     row_max = np.where(np.isfinite(row_max), row_max, 0.0)

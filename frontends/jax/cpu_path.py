@@ -1,0 +1,104 @@
+"""The pure-JAX path of sparse_sageattn, taken on every backend but CUDA: a correctness path, not a fast one.
+
+It follows the kernels' numerics step by step (SageAttention V1): Q quantized to INT8 per block of 128 rows
+with sm_scale*log2(e) folded in, K per block of 64 rows after subtracting its mean over the keys, an INT8 Q.K^T
+with int32 accumulation scaled into the log2 domain, an exp2 softmax, P.V with fp16 operands and fp32
+accumulation. It materialises the (Nq, Nk) score matrix per head, so it suits tests and small models on CPU.
+Its results are close to the kernels' (same quantization), not bitwise equal (the kernels' softmax is online).
+"""
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+from sparse_sageattn.core_kernels.configs import BLOCK_M, BLOCK_N
+from sparse_sageattn.core_kernels.plan import LOG2E
+
+LN2 = math.log(2.0)
+
+
+def _quantize_blocks(x, rows):
+    """fp32 (B, H, N, D) -> int8 (B, H, n_blocks*rows, D) and one fp32 scale per block of `rows` rows.
+
+    Like quantize_blocks_kernel: padded rows are zeros, an all-zero block gets scale 0 (never 0/0), rounding is
+    half away from zero, and a block holding a NaN gets a NaN scale so the NaN reaches the output.
+    """
+    batch, heads, n, head_dim = x.shape
+    n_blocks = -(-n // rows)
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, n_blocks * rows - n), (0, 0)))
+    blocks = x.reshape(batch, heads, n_blocks, rows * head_dim)
+    amax = jnp.max(jnp.abs(blocks), axis=-1)  # NaN if the block holds one
+    inv_scale = jnp.where(amax > 0.0, 127.0 / amax, 0.0)
+    scaled = blocks * inv_scale[..., None]
+    scaled = jnp.where(jnp.isnan(scaled), 0.0, scaled)
+    x_int8 = jnp.trunc(scaled + jnp.where(scaled >= 0.0, 0.5, -0.5)).astype(jnp.int8)
+    return x_int8.reshape(batch, heads, n_blocks * rows, head_dim), amax / 127.0
+
+
+def _visible(mask_id, batch, heads_q, n_q_pad, n_k_pad, n_q, n_k, is_causal):
+    """bool, broadcastable to (B, Hq, n_q_pad, n_k_pad): the block mask expanded to elements, the key tail and
+    the bottom-right causal rule (query i sees key j iff j <= i + Nk - Nq)."""
+    rows = jnp.arange(n_q_pad)[:, None]
+    cols = jnp.arange(n_k_pad)[None, :]
+    visible = cols < n_k
+    if is_causal:
+        visible = visible & (cols <= rows + (n_k - n_q))
+    if mask_id is None:
+        return visible
+    blocks = mask_id != 0
+    blocks = blocks.reshape((1,) * (4 - blocks.ndim) + blocks.shape)
+    elements = jnp.repeat(jnp.repeat(blocks, BLOCK_M, axis=2), BLOCK_N, axis=3)
+    return elements & visible
+
+
+def attention(q, k, v, mask_id, *, is_causal, tensor_layout, sm_scale, smooth_k, return_lse):
+    """Same arguments as sparse_sageattn (already validated, sm_scale a float or None); returns (out, lse) or
+    (out,), lse of shape (B, Hq, Nq) float32."""
+    if tensor_layout == "NHD":
+        q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    batch, heads_q, n_q, head_dim = q.shape
+    heads_kv, n_k = k.shape[1], k.shape[2]
+    group = heads_q // heads_kv
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(head_dim)
+
+    q_scaled = q.astype(jnp.float32) * jnp.float32(sm_scale * LOG2E)  # scores come out in the log2 domain
+    k32 = k.astype(jnp.float32)
+    mean = jnp.sum(k32, axis=2, keepdims=True) / n_k if smooth_k else None
+    if smooth_k:
+        k32 = k32 - mean
+    q_int8, q_scale = _quantize_blocks(q_scaled, BLOCK_M)
+    k_int8, k_scale = _quantize_blocks(k32, BLOCK_N)
+    n_q_pad, n_k_pad = q_int8.shape[2], k_int8.shape[2]
+
+    # Query heads grouped under their kv head: (B, Hkv, G, ...).
+    q_int8 = q_int8.reshape(batch, heads_kv, group, n_q_pad, head_dim)
+    q_scale = jnp.repeat(q_scale, BLOCK_M, axis=2).reshape(batch, heads_kv, group, n_q_pad)
+    k_scale = jnp.repeat(k_scale, BLOCK_N, axis=2)[:, :, None, None, :]
+    scores = jnp.einsum("bhgqd,bhkd->bhgqk", q_int8, k_int8, preferred_element_type=jnp.int32)
+    scores = scores.astype(jnp.float32) * (q_scale[..., None] * k_scale)
+
+    visible = _visible(mask_id, batch, heads_q, n_q_pad, n_k_pad, n_q, n_k, is_causal)
+    visible = jnp.broadcast_to(visible, (batch, heads_q, n_q_pad, n_k_pad))
+    scores = jnp.where(visible.reshape(batch, heads_kv, group, n_q_pad, n_k_pad), scores, -jnp.inf)
+    row_max = jnp.max(scores, axis=-1)
+    row_max = jnp.where(row_max == -jnp.inf, 0.0, row_max)  # a row that sees nothing: no -inf - -inf
+    p = jnp.exp2(scores - row_max[..., None])
+    total = jnp.sum(p, axis=-1)
+    v16 = jnp.pad(v.astype(jnp.float16), ((0, 0), (0, 0), (0, n_k_pad - n_k), (0, 0)))
+    acc = jnp.einsum("bhgqk,bhkd->bhgqd", p.astype(jnp.float16), v16, preferred_element_type=jnp.float32)
+    seen_nothing = total == 0.0
+    out = acc / jnp.where(seen_nothing, 1.0, total)[..., None]
+    out = out.reshape(batch, heads_q, n_q_pad, head_dim)[:, :, :n_q].astype(q.dtype)
+    if tensor_layout == "NHD":
+        out = out.transpose(0, 2, 1, 3)
+    if not return_lse:
+        return (out,)
+
+    lse2 = (row_max + jnp.log2(jnp.where(seen_nothing, 1.0, total)))[..., :n_q]
+    if smooth_k:
+        # What subtracting K's mean removed from every logit (in the log2 domain), added back.
+        q_grouped = q_scaled.reshape(batch, heads_kv, group, n_q, head_dim)
+        lse2 = lse2 + jnp.einsum("bhgqd,bhd->bhgq", q_grouped, mean[:, :, 0], precision=lax.Precision.HIGHEST)
+    lse = jnp.where(seen_nothing[..., :n_q], -jnp.inf, lse2 * LN2)
+    return out, lse.reshape(batch, heads_q, n_q)
