@@ -9,7 +9,7 @@ accumulation. Rows that see no key end with l == 0 and are written as zeros with
 import triton
 import triton.language as tl
 
-LN2: tl.constexpr = 0.6931471805599453
+LN2 = tl.constexpr(0.6931471805599453)  # a global a compiled kernel may read must be a tl.constexpr object
 
 
 @triton.jit
