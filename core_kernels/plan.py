@@ -70,6 +70,15 @@ def _cdiv(a, b):
     return (a + b - 1) // b
 
 
+def _flat(*dims):
+    """Scratch buffers are 1-D: a symbolic dim that happens to be 1 (one chunk, one block) would make
+    torch.compile specialise on it and recompile for longer sequences; the kernels index them flat anyway."""
+    size = 1
+    for d in dims:
+        size = size * d
+    return (size,)
+
+
 def _next_pow2(x: int) -> int:
     return 1 << (x - 1).bit_length()
 
@@ -216,15 +225,15 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
     if smooth_k:
         sums = "k_channel_sums"
         n_chunks = _cdiv(n_k, configs.ROWS_PER_CHUNK)
-        buffers[sums] = Buffer((batch * heads_kv, n_chunks, head_dim_pad), "float32")
+        buffers[sums] = Buffer(_flat(batch * heads_kv, n_chunks, head_dim_pad), "float32")
         launch("channel_sums", channel_sums_kernel, (batch * heads_kv, n_chunks), ["k"],
                [n_k, heads_kv, *k_strides], [sums],
                dict(ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, TILE_ROWS=configs.SUMS_TILE_ROWS, **dims),
                cfg.channel_sums)
 
     shift_lse = smooth_k and return_lse
-    buffers["k_int8"] = Buffer((batch * heads_kv, n_kb * block_n, head_dim), "int8")
-    buffers["k_scale"] = Buffer((batch * heads_kv, n_kb), "float32")
+    buffers["k_int8"] = Buffer(_flat(batch * heads_kv, n_kb * block_n, head_dim), "int8")
+    buffers["k_scale"] = Buffer(_flat(batch * heads_kv, n_kb), "float32")
     buffers["k_row_shift"] = Buffer((1,), "float32")  # an output slot the K launch never writes
     launch("quantize_k", quantize_blocks_kernel, (batch * heads_kv, n_kb), ["k", sums],
            [1.0, n_k, n_k, heads_kv, 1, *k_strides], ["k_int8", "k_scale", "k_row_shift"],
@@ -232,9 +241,9 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
                 WRITE_ROW_SHIFT=False, **dims),
            cfg.quantize)
 
-    buffers["q_int8"] = Buffer((batch * heads_q, n_qb * block_m, head_dim), "int8")
-    buffers["q_scale"] = Buffer((batch * heads_q, n_qb), "float32")
-    buffers["q_row_shift"] = Buffer((batch * heads_q, n_qb * block_m) if shift_lse else (1,), "float32")
+    buffers["q_int8"] = Buffer(_flat(batch * heads_q, n_qb * block_m, head_dim), "int8")
+    buffers["q_scale"] = Buffer(_flat(batch * heads_q, n_qb), "float32")
+    buffers["q_row_shift"] = Buffer(_flat(batch * heads_q, n_qb * block_m) if shift_lse else (1,), "float32")
     launch("quantize_q", quantize_blocks_kernel, (batch * heads_q, n_qb), ["q", sums],
            [float(sm_scale) * LOG2E, n_q, n_k, heads_q, kv_group, *q_strides],
            ["q_int8", "q_scale", "q_row_shift"],
@@ -249,8 +258,8 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         mask_name = "mask_id"
         list_b = batch if mask_shape[0] != 1 else 1
         list_h = heads_q if mask_shape[1] != 1 else 1
-    buffers["block_counts"] = Buffer((list_b * list_h, n_qb, 2), "int32")
-    buffers["block_indices"] = Buffer((list_b * list_h, n_qb, n_kb), "int32")
+    buffers["block_counts"] = Buffer(_flat(list_b * list_h, n_qb, 2), "int32")
+    buffers["block_indices"] = Buffer(_flat(list_b * list_h, n_qb, n_kb), "int32")
     launch("block_lists", block_lists_kernel, (list_b * list_h, n_qb), [mask_name],
            [n_q, n_k, list_h, *mask_strides], ["block_counts", "block_indices"],
            dict(BLOCK_M=block_m, BLOCK_N=block_n, KB_TILE=configs.KB_TILE, HAS_MASK=mask_id is not None,
