@@ -9,7 +9,6 @@ Its results are close to the kernels' (same quantization), not bitwise equal (th
 import math
 
 import jax.numpy as jnp
-from jax import lax
 
 from sparse_sageattn.core_kernels.configs import BLOCK_M, BLOCK_N
 from sparse_sageattn.core_kernels.plan import LOG2E
@@ -27,15 +26,16 @@ def _quantize_blocks(x, rows):
     n_blocks = -(-n // rows)
     x = jnp.pad(x, ((0, 0), (0, 0), (0, n_blocks * rows - n), (0, 0)))
     blocks = x.reshape(batch, heads, n_blocks, rows * head_dim)
-    amax = jnp.max(jnp.abs(blocks), axis=-1)  # NaN if the block holds one
+    amax = jnp.max(jnp.abs(blocks), axis=-1)
+    has_nan = jnp.any(jnp.isnan(blocks), axis=-1)  # XLA's max may drop NaNs: count them, as the kernel does
     inv_scale = jnp.where(amax > 0.0, 127.0 / amax, 0.0)
     scaled = blocks * inv_scale[..., None]
     scaled = jnp.where(jnp.isnan(scaled), 0.0, scaled)
     x_int8 = jnp.trunc(scaled + jnp.where(scaled >= 0.0, 0.5, -0.5)).astype(jnp.int8)
-    return x_int8.reshape(batch, heads, n_blocks * rows, head_dim), amax / 127.0
+    return x_int8.reshape(batch, heads, n_blocks * rows, head_dim), jnp.where(has_nan, jnp.nan, amax / 127.0)
 
 
-def _visible(mask_id, batch, heads_q, n_q_pad, n_k_pad, n_q, n_k, is_causal):
+def _visible(mask_id, n_q_pad, n_k_pad, n_q, n_k, is_causal):
     """bool, broadcastable to (B, Hq, n_q_pad, n_k_pad): the block mask expanded to elements, the key tail and
     the bottom-right causal rule (query i sees key j iff j <= i + Nk - Nq)."""
     rows = jnp.arange(n_q_pad)[:, None]
@@ -47,6 +47,7 @@ def _visible(mask_id, batch, heads_q, n_q_pad, n_k_pad, n_q, n_k, is_causal):
         return visible
     blocks = mask_id != 0
     blocks = blocks.reshape((1,) * (4 - blocks.ndim) + blocks.shape)
+    blocks = jnp.broadcast_to(blocks, blocks.shape[:2] + (n_q_pad // BLOCK_M, n_k_pad // BLOCK_N))
     elements = jnp.repeat(jnp.repeat(blocks, BLOCK_M, axis=2), BLOCK_N, axis=3)
     return elements & visible
 
@@ -78,7 +79,7 @@ def attention(q, k, v, mask_id, *, is_causal, tensor_layout, sm_scale, smooth_k,
     scores = jnp.einsum("bhgqd,bhkd->bhgqk", q_int8, k_int8, preferred_element_type=jnp.int32)
     scores = scores.astype(jnp.float32) * (q_scale[..., None] * k_scale)
 
-    visible = _visible(mask_id, batch, heads_q, n_q_pad, n_k_pad, n_q, n_k, is_causal)
+    visible = _visible(mask_id, n_q_pad, n_k_pad, n_q, n_k, is_causal)
     visible = jnp.broadcast_to(visible, (batch, heads_q, n_q_pad, n_k_pad))
     scores = jnp.where(visible.reshape(batch, heads_kv, group, n_q_pad, n_k_pad), scores, -jnp.inf)
     row_max = jnp.max(scores, axis=-1)
@@ -99,6 +100,6 @@ def attention(q, k, v, mask_id, *, is_causal, tensor_layout, sm_scale, smooth_k,
     if smooth_k:
         # What subtracting K's mean removed from every logit (in the log2 domain), added back.
         q_grouped = q_scaled.reshape(batch, heads_kv, group, n_q, head_dim)
-        lse2 = lse2 + jnp.einsum("bhgqd,bhd->bhgq", q_grouped, mean[:, :, 0], precision=lax.Precision.HIGHEST)
+        lse2 = lse2 + jnp.sum(q_grouped * mean[:, :, None], axis=-1)
     lse = jnp.where(seen_nothing[..., :n_q], -jnp.inf, lse2 * LN2)
     return out, lse.reshape(batch, heads_q, n_q)

@@ -1,0 +1,75 @@
+"""Child process of test_lowering.py: lower the jitted JAX function for CUDA on a machine without a GPU.
+
+Needs a compiling (not interpreting) process: TRITON_INTERPRET unset, JAX_PLATFORMS=cpu and
+SPARSE_SAGEATTN_COMPUTE_CAPABILITY set by the parent. Lowering runs the full Triton compile of every kernel the
+plan launches. For each case it prints one JSON line: the case, and either the error or what the lowered module
+holds (the StableHLO ops used and the number of Triton custom calls, which must equal the plan's launches: the
+CUDA path does no JAX arithmetic on the data).
+"""
+import json
+import os
+import re
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from sparse_sageattn.core_kernels import INTERPRETED
+from sparse_sageattn.jax import sparse_sageattn
+from sparse_sageattn.jax.attention import _Options, _compute_capability, _plan
+
+# (dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, mask dtype or None, is_causal, return_lse, smooth_k):
+# every head-dim tile in both dtypes, and each mode flag on and off in each dtype.
+CASES = [
+    ("float16", 64, "HND", 4, 4, 300, 200, None, False, False, True),
+    ("float16", 128, "HND", 4, 2, 300, 500, "bool", True, True, True),
+    ("float16", 96, "NHD", 4, 1, 256, 256, "int32", False, True, False),
+    ("float16", 40, "NHD", 4, 2, 200, 300, None, True, False, True),
+    ("float16", 256, "HND", 2, 2, 130, 70, "bool", True, True, True),
+    ("float16", 64, "HND", 2, 1, 1, 77, "int8", False, True, True),  # n_q == 1: jax-triton makes it a constexpr
+    ("bfloat16", 64, "HND", 4, 2, 300, 200, "bool", True, True, True),
+    ("bfloat16", 128, "NHD", 4, 4, 256, 300, None, False, False, True),
+    ("bfloat16", 96, "HND", 4, 4, 200, 200, None, True, False, False),
+    ("bfloat16", 40, "HND", 4, 1, 129, 65, "int32", False, True, True),
+]
+ALLOWED_OPS = {"stablehlo.case", "stablehlo.constant", "stablehlo.custom_call", "stablehlo.return"}
+
+
+def lower(case):
+    dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, mask_dtype, is_causal, return_lse, smooth_k = case
+
+    def spec(heads, n):
+        shape = (2, heads, n, head_dim) if layout == "HND" else (2, n, heads, head_dim)
+        return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
+
+    args = [spec(heads_q, n_q), spec(heads_kv, n_k), spec(heads_kv, n_k)]
+    if mask_dtype is not None:
+        args.append(jax.ShapeDtypeStruct((heads_q, -(-n_q // 128), -(-n_k // 64)), jnp.dtype(mask_dtype)))
+
+    def f(*arrays):
+        return sparse_sageattn(*arrays, is_causal=is_causal, tensor_layout=layout, smooth_k=smooth_k,
+                               return_lse=return_lse)
+
+    text = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    options = _Options(is_causal, layout, None, smooth_k, return_lse)
+    plan = _plan(args, options, _compute_capability())
+    return {"ops": sorted(set(re.findall(r"stablehlo\.[a-z_]+", text))),
+            "triton_calls": text.count("@triton_kernel_call("), "launches": len(plan.launches)}
+
+
+def main():
+    assert not INTERPRETED, "lowering needs a compiling process: unset TRITON_INTERPRET"
+    assert os.environ.get("SPARSE_SAGEATTN_COMPUTE_CAPABILITY"), "set SPARSE_SAGEATTN_COMPUTE_CAPABILITY"
+    print(json.dumps({"total": len(CASES)}), flush=True)
+    for case in CASES:
+        try:
+            result = lower(case)
+        except Exception as e:  # report every failing case, not only the first
+            result = {"error": f"{type(e).__name__}: {e}"[-2000:]}
+        print(json.dumps({"case": case, **result}), flush=True)
+    assert "TRITON_CACHE_DIR" not in os.environ or os.environ["TRITON_CACHE_DIR"], "jax_triton's cache dir leaked"
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
