@@ -9,6 +9,8 @@ accumulation. Rows that see no key end with l == 0 and are written as zeros with
 import triton
 import triton.language as tl
 
+from .alignment import _aligned
+
 LN2 = tl.constexpr(0.6931471805599453)  # a global a compiled kernel may read must be a tl.constexpr object
 
 
@@ -54,7 +56,10 @@ def _attend_blocks(
     return acc, m_i, l_i
 
 
-@triton.jit(do_not_specialize=["n_q", "n_k"])
+@triton.jit(do_not_specialize=[
+    "n_q", "n_k", "heads_q", "kv_group", "list_stride_b", "list_stride_h",
+    "stride_vb", "stride_vh", "stride_vn", "stride_ob", "stride_oh", "stride_on",
+])
 def attention_kernel(
     q_int8_ptr, q_scale_ptr, k_int8_ptr, k_scale_ptr, v_ptr, counts_ptr, indices_ptr, row_shift_ptr,
     n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
@@ -62,8 +67,10 @@ def attention_kernel(
     stride_ob, stride_oh, stride_on,
     out_ptr, lse_ptr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr, SHIFT_LSE: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr, SHIFT_LSE: tl.constexpr, STRIDE_ALIGN: tl.constexpr,
 ):
+    stride_vb, stride_vh, stride_vn = _aligned(stride_vb, stride_vh, stride_vn, STRIDE_ALIGN)
+    stride_ob, stride_oh, stride_on = _aligned(stride_ob, stride_oh, stride_on, STRIDE_ALIGN)
     n_qb = tl.cdiv(n_q, BLOCK_M)
     n_kb = tl.cdiv(n_k, BLOCK_N)
     pid = tl.program_id(0)

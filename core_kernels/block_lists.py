@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["n_q", "n_k"])
+@triton.jit(do_not_specialize=["n_q", "n_k", "list_heads", "stride_mb", "stride_mh", "stride_mq", "stride_mk"])
 def block_lists_kernel(
     mask_ptr,
     n_q, n_k, list_heads,

@@ -210,7 +210,14 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         buffers = {"out": Buffer(out_shape, q.dtype, 0.0), "lse": Buffer(lse_shape, "float32", -math.inf)}
         return Plan(buffers, (), return_lse)
 
-    dims = dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad)
+    q_strides = _bhnd_strides(q, tensor_layout)
+    k_strides = _bhnd_strides(k, tensor_layout)
+    v_strides = _bhnd_strides(v, tensor_layout)
+    # 16-byte rows for vector loads; see core_kernels/alignment.py for why this is not left to specialization.
+    stride_align = 8 if all(s % 8 == 0 for s in q_strides + k_strides + v_strides) else 1
+    q_strides, k_strides, v_strides = (tuple(s // stride_align for s in strides)
+                                       for strides in (q_strides, k_strides, v_strides))
+    dims = dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, STRIDE_ALIGN=stride_align)
     buffers = {}
     launches = []
 
@@ -218,9 +225,6 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         launches.append(Launch(name, kernel, grid, tuple(inputs), tuple(scalars), tuple(outputs), constexprs,
                                kcfg.num_warps, kcfg.num_stages))
 
-    q_strides = _bhnd_strides(q, tensor_layout)
-    k_strides = _bhnd_strides(k, tensor_layout)
-    v_strides = _bhnd_strides(v, tensor_layout)
     sums = "k"  # never read unless smoothing: any array serves as the pointer
     if smooth_k:
         sums = "k_channel_sums"
@@ -268,9 +272,8 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
 
     buffers["out"] = Buffer(out_shape, q.dtype)
     buffers["lse"] = Buffer(lse_shape, "float32")
-    out_strides = contiguous_strides(out_shape)
-    out_strides = (out_strides[0], out_strides[1], out_strides[2]) if tensor_layout == "HND" else (
-        out_strides[0], out_strides[2], out_strides[1])
+    out_strides = _bhnd_strides(ArrayDesc(out_shape, contiguous_strides(out_shape), q.dtype), tensor_layout)
+    out_strides = tuple(s // stride_align for s in out_strides)  # multiples of 8 (D is): exact
     launch("attention", attention_kernel, (batch * heads_q * n_qb,),
            ["q_int8", "q_scale", "k_int8", "k_scale", "v", "block_counts", "block_indices", "q_row_shift"],
            [n_q, n_k, heads_q, kv_group, list_h if list_b != 1 else 0, 1 if list_h != 1 else 0,

@@ -10,16 +10,19 @@ Two kernels, launched in this order:
 import triton
 import triton.language as tl
 
+from .alignment import _aligned
 
-@triton.jit(do_not_specialize=["n_rows"])
+
+@triton.jit(do_not_specialize=["n_rows", "heads", "stride_b", "stride_h", "stride_n"])
 def channel_sums_kernel(
     x_ptr,
     n_rows, heads,
     stride_b, stride_h, stride_n,
     partial_sums_ptr,
     ROWS_PER_CHUNK: tl.constexpr, TILE_ROWS: tl.constexpr,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, STRIDE_ALIGN: tl.constexpr,
 ):
+    stride_b, stride_h, stride_n = _aligned(stride_b, stride_h, stride_n, STRIDE_ALIGN)
     bh = tl.program_id(0)
     chunk = tl.program_id(1)
     n_chunks = tl.num_programs(1)
@@ -53,7 +56,7 @@ def _channel_mean(partial_sums_ptr, mean_bh, n_mean_rows, ROWS_PER_CHUNK: tl.con
     return total / tl.maximum(n_mean_rows, 1).to(tl.float32)
 
 
-@triton.jit(do_not_specialize=["n_rows", "n_mean_rows"])
+@triton.jit(do_not_specialize=["n_rows", "n_mean_rows", "heads", "mean_head_group", "stride_b", "stride_h", "stride_n"])
 def quantize_blocks_kernel(
     x_ptr, partial_sums_ptr,
     pre_scale, n_rows, n_mean_rows, heads, mean_head_group,
@@ -61,12 +64,14 @@ def quantize_blocks_kernel(
     x_int8_ptr, x_scale_ptr, row_shift_ptr,
     BLOCK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     ROWS_PER_CHUNK: tl.constexpr, SUBTRACT_MEAN: tl.constexpr, WRITE_ROW_SHIFT: tl.constexpr,
+    STRIDE_ALIGN: tl.constexpr,
 ):
     """x[b, h, rows of block] * pre_scale (- mean) -> int8 [B*H, n_blocks*BLOCK_ROWS, HEAD_DIM] + fp32 scale.
 
     The mean is the one of kv head h // mean_head_group (1 for K itself, the GQA group size for Q).
     Rows past n_rows are written as zeros so the attention kernel loads whole blocks without a mask.
     """
+    stride_b, stride_h, stride_n = _aligned(stride_b, stride_h, stride_n, STRIDE_ALIGN)
     bh = tl.program_id(0)
     blk = tl.program_id(1)
     n_blocks = tl.num_programs(1)

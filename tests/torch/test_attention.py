@@ -128,6 +128,9 @@ def test_strided_views_without_copy(device):
     assert not q.is_contiguous()
     check(q, k, v, tensor_layout="NHD", is_causal=True)
     check(*(x.transpose(1, 2) for x in (q, k, v)), tensor_layout="HND")
+    padded = torch.randn(batch, heads, n, head_dim + 4, generator=gen).to(device=device, dtype=torch.float16)
+    q = padded[..., :head_dim]  # row stride 68: not a multiple of 8, the kernels take their unaligned path
+    check(q, k.transpose(1, 2), v.transpose(1, 2))
 
 
 def test_sm_scale(device):
