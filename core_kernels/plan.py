@@ -63,7 +63,6 @@ class Launch:
 class Plan:
     buffers: dict
     launches: tuple
-    return_lse: bool
 
 
 def _cdiv(a, b):
@@ -208,7 +207,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
     if batch == 0 or heads_q == 0 or n_q == 0 or n_k == 0:
         # Nothing to launch: an empty output, or (no keys) rows that see nothing -- zeros with lse -inf.
         buffers = {"out": Buffer(out_shape, q.dtype, 0.0), "lse": Buffer(lse_shape, "float32", -math.inf)}
-        return Plan(buffers, (), return_lse)
+        return Plan(buffers, ())
 
     q_strides = _bhnd_strides(q, tensor_layout)
     k_strides = _bhnd_strides(k, tensor_layout)
@@ -282,7 +281,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
            dict(BLOCK_M=block_m, BLOCK_N=block_n, IS_CAUSAL=is_causal, RETURN_LSE=return_lse,
                 SHIFT_LSE=shift_lse, **dims),
            cfg.attention)
-    return Plan(buffers, tuple(launches), return_lse)
+    return Plan(buffers, tuple(launches))
 
 
 def contiguous_strides(shape):

@@ -59,3 +59,24 @@ def cosine(a, b):
 def rel_l1(a, ref):
     a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
     return float(np.abs(a - ref).sum() / max(np.abs(ref).sum(), 1e-300))
+
+
+# The contract's accuracy bounds for INT8 attention against the exact result (SageAttention V1 numerics).
+COS_MIN = 0.9999
+REL_L1_MAX = 0.02
+LSE_ABS_MAX = 0.05  # the lse inherits the INT8 logit error: a few hundredths of a logit at most
+
+
+def assert_close(out, lse, ref_out, ref_lse, tensor_layout="HND"):
+    """Assert the contract's bounds: out's cosine and relative L1, the same empty rows (lse -inf, out zeros), and
+    the lse of the other rows. All arguments are numpy arrays; out in `tensor_layout`, lse (B, Hq, N)."""
+    out, ref_out = np.asarray(out, np.float64), np.asarray(ref_out, np.float64)
+    lse, ref_lse = np.asarray(lse), np.asarray(ref_lse)
+    assert out.shape == ref_out.shape and lse.shape == ref_lse.shape
+    assert np.isfinite(out).all()
+    assert cosine(out, ref_out) >= COS_MIN, f"cosine {cosine(out, ref_out):.6f} < {COS_MIN}"
+    assert rel_l1(out, ref_out) <= REL_L1_MAX, f"relative L1 {rel_l1(out, ref_out):.4f} > {REL_L1_MAX}"
+    empty_rows = np.isneginf(ref_lse)
+    assert np.array_equal(np.isneginf(lse), empty_rows)
+    assert not to_bhnd(out, tensor_layout)[empty_rows].any()
+    assert np.abs(lse[~empty_rows] - ref_lse[~empty_rows]).max(initial=0.0) <= LSE_ABS_MAX
