@@ -1,4 +1,10 @@
-"""PyTorch frontend: validates, allocates and launches the core kernels through a torch.library.triton_op."""
+"""PyTorch frontend: validates, allocates and launches the core kernels through a torch.library.triton_op; static
+block-mask builders; FlexAttention BlockMask interop."""
 from .attention import sparse_sageattn
+from .flex import from_flex_block_mask, to_flex_block_mask
+from .masks import causal_mask, sink_mask, sliding_window_mask, union_mask
 
-__all__ = ["sparse_sageattn"]
+__all__ = [
+    "sparse_sageattn", "causal_mask", "sliding_window_mask", "sink_mask", "union_mask", "to_flex_block_mask",
+    "from_flex_block_mask",
+]
