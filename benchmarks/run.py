@@ -1,0 +1,717 @@
+"""The benchmark suite of the speed issue: sparse_sageattn (torch and JAX) against SDPA flash, SDPA cuDNN, compiled
+FlexAttention with the identical block mask and sageattention 1.0.6, on one GPU, in one process.
+
+On the lent GPU (device tool, carry .whl), from the repo root -- one call, about 7 minutes:
+
+    bash benchmarks/run_gpu.sh --quick
+
+Here, without a GPU: `python benchmarks/run.py --quick --dry-run` lists the configurations and the time estimate
+(`--dry-run` alone: the full grid). Afterwards, on any machine: `python benchmarks/plot.py RESULTS.json` (PNGs)
+and `python benchmarks/report.py RESULTS.json --readme README.md` (targets P1-P5, the README table).
+
+Every configuration (N, head dim, mask density, causal, dtype) records per system: the median time
+(triton.testing.do_bench, warm-up excluded, inputs rotated over N_SETS random sets, end to end: quantization and
+block lists included), dense-equivalent and effective TOPS, peak extra device memory of one call, and cosine /
+relative L1 against the float64 reference (sparse_sageattn.reference) on sampled rows of two heads. For this
+package also a kernel-only breakdown (each launch of the core plan timed alone) and the issue's memory bound.
+The results file <out>/<gpu>-<date>[-tag].json is rewritten after every configuration, so a run stopped by its
+time budget or a kill keeps what it measured. Configurations run in order of the targets they serve; one whose
+estimate would pass --budget-s is skipped and listed as such.
+
+`--smoke` runs a tiny grid on whatever is there (CPU: the Triton interpreter and JAX's CPU path); it checks the
+plumbing, its times mean nothing.
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch and JAX share the GPU
+
+import numpy as np  # noqa: E402
+
+PROCESS_START = time.monotonic()
+
+BATCH, HEADS = 2, 32
+SEQ_LENS = (1024, 2048, 4096, 8192, 16384, 32768)
+HEAD_DIMS = (64, 128)
+DENSITIES = (1.0, 0.5, 0.25, 0.1)
+DTYPES = ("float16", "bfloat16")
+BLOCK_M, BLOCK_N = 128, 64  # sparse_sageattn's mask blocks; FlexAttention gets the same
+N_SETS = 2  # random input sets the timed calls rotate over
+REF_ROWS = 64  # accuracy: batch 0, heads 0 and H/2, REF_ROWS sampled query rows plus the first and last
+JAX_GROUP = 4  # JAX calls per timed group (see time_jax)
+QUICK_BUDGET_S = 480  # a device command may run 600 s: install, plots and the report need the rest
+
+# Systems in run order. DENSE_ONLY ones take no block mask; they run at density 1.
+OURS, OURS_JAX, FLEX = "sparse_sageattn", "sparse_sageattn_jax", "flex_attention"
+SDPA_FLASH, SDPA_CUDNN, SAGE = "sdpa_flash", "sdpa_cudnn", "sageattention_1.0.6"
+SYSTEMS = (OURS, OURS_JAX, FLEX, SDPA_CUDNN, SDPA_FLASH, SAGE)
+DENSE_ONLY = (SDPA_CUDNN, SDPA_FLASH, SAGE)
+# What the issue's memory bound allows one call beyond its output: the int8 copies of q and k, their scales and the
+# block lists (names of the core plan's buffers).
+MEMORY_BOUND_BUFFERS = ("q_int8", "k_int8", "q_scale", "k_scale", "block_counts", "block_indices")
+
+# Estimate model. Guesses from ../shared/ENVIRONMENT.md and the brief; correct them from a run's meta.timing.
+RATE_TOPS = {OURS: 320, OURS_JAX: 320, FLEX: 400, SDPA_CUDNN: 580, SDPA_FLASH: 340, SAGE: 410}
+STARTUP_S = 25  # imports, CUDA and JAX start
+FLEX_FIRST_COMPILE_S = 40  # the first torch.compile in the process
+FLEX_COMPILE_S = 20  # each new (N, head dim, dtype, causal): dynamic=False specialises on shapes
+# Triton compiles of the core kernels (lengths are not specialised): the attention kernel per (head dim, dtype,
+# causal), the quantize/sums kernels per (head dim, dtype), block lists per (mask or not, causal). jax-triton
+# compiles the same kernels again, outside Triton's cache.
+ATTENTION_COMPILE_S = 3
+QUANTIZE_COMPILE_S = 3
+BLOCK_LISTS_COMPILE_S = 1
+JAX_TRACE_S = 1.5  # each new shape: a jit trace and an XLA compile (the Triton kernels are cached by signature)
+SAGE_COMPILE_S = 4
+REF_S_PER_KEY = 4e-5  # float64 numpy reference, two heads x ~66 rows, per key
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    n: int
+    head_dim: int
+    density: float
+    causal: bool
+    dtype: str
+    systems: tuple
+    breakdown: bool  # time each launch of the plan alone
+
+    def label(self):
+        return (f"hd{self.head_dim} N={self.n} d={self.density:g} {'causal' if self.causal else 'full'} "
+                f"{'fp16' if self.dtype == 'float16' else 'bf16'}")
+
+    def key(self):
+        return dict(n=self.n, head_dim=self.head_dim, density=self.density, causal=self.causal, dtype=self.dtype)
+
+
+def _systems(density, causal, flex_causal=True):
+    names = [s for s in SYSTEMS if density == 1.0 or s not in DENSE_ONLY]
+    if causal and not flex_causal:
+        names.remove(FLEX)
+    return tuple(names)
+
+
+def _priority(c: Config):
+    """Lower runs first: what the targets need (P1/P2/P5 at N=8k fp16, P2 at 4k/16k, causal, bf16), then the rest."""
+    if c.dtype == "float16" and c.n == 8192:
+        tier = 0 if not c.causal else 2
+    elif c.dtype == "float16" and c.n in (4096, 16384):
+        tier = 1 if not c.causal else 3
+    elif c.n == 8192:
+        tier = 4
+    else:
+        tier = 5
+    return tier, -c.head_dim, c.n, -c.density
+
+
+def full_grid():
+    configs = [Config(n, hd, d, causal, dtype, _systems(d, causal), d == 1.0 or n == 8192)
+               for dtype in DTYPES for n in SEQ_LENS for hd in HEAD_DIMS for causal in (False, True)
+               for d in DENSITIES]
+    return sorted(configs, key=_priority)
+
+
+def quick_grid():
+    """fp16 at N 4k/8k/16k and bf16 at 8k, every head dim, density and causality. FlexAttention compiles per shape
+    (~20-40 s each), so it runs on fp16 only: non-causal at every N (P2), causal at 8k."""
+    configs = []
+    for dtype, lengths in (("float16", (4096, 8192, 16384)), ("bfloat16", (8192,))):
+        for n in lengths:
+            for hd in HEAD_DIMS:
+                for causal in (False, True):
+                    for d in DENSITIES:
+                        names = _systems(d, causal, flex_causal=n == 8192)
+                        if dtype != "float16":
+                            names = tuple(s for s in names if s != FLEX)
+                        configs.append(Config(n, hd, d, causal, dtype, names, d == 1.0 or n == 8192))
+    return sorted(configs, key=_priority)
+
+
+def smoke_grid():
+    return [Config(256, 64, d, causal, "float16", _systems(d, causal), True)
+            for causal in (False, True) for d in (1.0, 0.5)]
+
+
+def filter_grid(configs, seq_lens=None, head_dims=None, dtypes=None, systems=None):
+    kept = []
+    for c in configs:
+        if (seq_lens and c.n not in seq_lens) or (head_dims and c.head_dim not in head_dims) or (
+                dtypes and c.dtype not in dtypes):
+            continue
+        names = tuple(s for s in c.systems if not systems or s in systems)
+        if names:
+            kept.append(dataclasses.replace(c, systems=names))
+    return kept
+
+
+# ---- work: what a configuration computes ----------------------------------------------------------------------
+
+def dense_equiv_ops(c: Config, batch=BATCH, heads=HEADS):
+    """4·B·H·N²·D, halved when causal (the convention of the peers' numbers: TOPS on half the work)."""
+    return 4 * batch * heads * c.n * c.n * c.head_dim / (2 if c.causal else 1)
+
+
+def block_pair_counts(n, causal, device="cpu"):
+    """(Qb, Kb) int64: visible (query, key) pairs inside each 128x64 block (Nq = Nk = n, a multiple of 128)."""
+    import torch
+
+    n_qb, n_kb = n // BLOCK_M, n // BLOCK_N
+    if not causal:
+        return torch.full((n_qb, n_kb), BLOCK_M * BLOCK_N, dtype=torch.int64, device=device)
+    rows = torch.arange(n, device=device).view(n_qb, BLOCK_M, 1)
+    first_key = torch.arange(n_kb, device=device).view(1, 1, n_kb) * BLOCK_N
+    return (rows + 1 - first_key).clamp(0, BLOCK_N).sum(1)
+
+
+def effective_ops(c: Config, mask, batch=BATCH, heads=HEADS):
+    """4·D·(visible pairs): the work a kernel that skips dead blocks and masks the diagonal does."""
+    counts = block_pair_counts(c.n, c.causal, "cpu" if mask is None else mask.device)
+    pairs = batch * heads * int(counts.sum()) if mask is None else int((counts * mask).sum())
+    return 4 * c.head_dim * pairs
+
+
+def exact_density_mask(density, batch, heads, n, generator, device):
+    """(B, H, Qb, Kb) bool with max(1, round(density·Kb)) live key blocks, uniformly placed, in every row."""
+    import torch
+
+    n_qb, n_kb = n // BLOCK_M, n // BLOCK_N
+    keep = max(1, round(density * n_kb))
+    order = torch.rand(batch, heads, n_qb, n_kb, generator=generator, device=device).argsort(dim=-1)
+    return order < keep
+
+
+def causal_mask_mod(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+def flex_block_mask(mask, n, causal):
+    """The same computation for flex_attention: a BlockMask of (128, 64) blocks. Live blocks wholly visible are
+    full blocks (no mask_mod call); those crossing the causal diagonal are partial with the causal mask_mod."""
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask
+
+    n_qb, n_kb = n // BLOCK_M, n // BLOCK_N
+    first_row = torch.arange(n_qb, device=mask.device)[:, None] * BLOCK_M
+    first_key = torch.arange(n_kb, device=mask.device)[None, :] * BLOCK_N
+    if causal:
+        whole = first_key + BLOCK_N - 1 <= first_row
+        seen = first_key <= first_row + BLOCK_M - 1
+    else:
+        whole = seen = torch.ones(n_qb, n_kb, dtype=torch.bool, device=mask.device)
+
+    def lists(live):
+        live = live.to(torch.int8)
+        return (live.sum(-1, dtype=torch.int32),
+                live.argsort(dim=-1, descending=True, stable=True).to(torch.int32))
+
+    return BlockMask.from_kv_blocks(*lists(mask & seen & ~whole), *lists(mask & whole), BLOCK_SIZE=(BLOCK_M, BLOCK_N),
+                                    mask_mod=causal_mask_mod if causal else None)
+
+
+# ---- the estimate -----------------------------------------------------------------------------------------------
+
+def _point_s(ms):
+    """Wall of one timed system: first call, memory call, do_bench (estimate 5, warm-up, repetitions)."""
+    return (8 * ms + max(25, 3 * ms) + max(100, 10 * ms)) / 1e3 + 0.05
+
+
+class Estimator:
+    """Seconds per configuration: timed calls plus the compiles a configuration is the first to need."""
+
+    def __init__(self):
+        self.seen = set()
+
+    def _first(self, key):
+        new = key not in self.seen
+        self.seen.add(key)
+        return new
+
+    def config_s(self, c: Config):
+        live = c.density * (0.5 if c.causal else 1.0)
+        work = dense_equiv_ops(c) * (2 if c.causal else 1) * live
+        seconds = REF_S_PER_KEY * c.n + 0.05
+        for name in c.systems:
+            ms = work / (RATE_TOPS[name] * 1e12) * 1e3 + 0.03
+            seconds += _point_s(ms)
+            if name in (OURS, OURS_JAX):
+                seconds += (ATTENTION_COMPILE_S * self._first((name, c.head_dim, c.dtype, c.causal))
+                            + QUANTIZE_COMPILE_S * self._first((name, c.head_dim, c.dtype))
+                            + BLOCK_LISTS_COMPILE_S * self._first((name, c.density < 1, c.causal)))
+            if name == OURS and c.breakdown:
+                seconds += 4 * _point_s(0.1)
+            elif name == OURS_JAX:
+                seconds += JAX_TRACE_S * self._first((name, c.n, c.head_dim, c.dtype, c.causal, c.density < 1))
+            elif name == FLEX:
+                if self._first((FLEX, c.n, c.head_dim, c.dtype, c.causal)):
+                    seconds += FLEX_FIRST_COMPILE_S if self._first(FLEX) else FLEX_COMPILE_S
+            elif name == SAGE:
+                seconds += SAGE_COMPILE_S * self._first((SAGE, c.head_dim, c.dtype, c.causal))
+        return seconds
+
+
+def estimate_total(configs):
+    est = Estimator()
+    return STARTUP_S + sum(est.config_s(c) for c in configs)
+
+
+# ---- measuring (needs torch; CUDA for real numbers) ----------------------------------------------------------------
+
+class Bench:
+    """Runs the configurations on one device and appends records. All framework imports happen here."""
+
+    def __init__(self, device, batch, heads):
+        import torch
+        import triton
+        import triton.testing
+
+        self.torch, self.triton = torch, triton
+        self.device, self.batch, self.heads = device, batch, heads
+        self.cuda = device == "cuda"
+        self.shape_key, self.sets, self.jax_sets = None, None, None
+        self.flex = self.jax = self.jax_fn = self.sageattn = None
+        self.import_errors = {}
+        self._setup_flex()
+        self._setup_jax()
+        self._setup_sage()
+
+    # -- systems -------------------------------------------------------------------------------------------------
+    def _setup_flex(self):
+        torch = self.torch
+        from torch.nn.attention.flex_attention import flex_attention
+
+        # One compile per shape is the point of dynamic=False; the default limit (8) would turn the rest eager
+        # (which ignores the block mask and materialises N² scores). Fail instead of falling back.
+        for name, value in (("recompile_limit", 4096), ("accumulated_recompile_limit", 4096),
+                            ("fail_on_recompile_limit_hit", True)):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, value)
+        self.flex = torch.compile(flex_attention, dynamic=False)
+
+    def _setup_jax(self):
+        try:
+            import jax
+
+            from sparse_sageattn.jax import sparse_sageattn as jax_sparse_sageattn
+        except Exception as e:  # a missing JAX only removes its column
+            self.import_errors[OURS_JAX] = f"{type(e).__name__}: {e}"
+            return
+        self.jax = jax
+        self.jax_fn = jax.jit(jax_sparse_sageattn, static_argnames=("is_causal",))
+
+    def _setup_sage(self):
+        try:
+            from sageattention import sageattn
+        except Exception as e:
+            self.import_errors[SAGE] = f"{type(e).__name__}: {e}"
+            return
+        self.sageattn = sageattn
+
+    def versions(self):
+        from importlib import metadata
+
+        torch = self.torch
+        info = dict(python=platform.python_version(), torch=torch.__version__, triton=self.triton.__version__,
+                    numpy=np.__version__, device=self.device)
+        for dist in ("jax", "jaxlib", "jax-triton", "sageattention"):
+            try:
+                info[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                info[dist] = None
+        if self.cuda:
+            props = torch.cuda.get_device_properties(0)
+            info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
+                        memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                        cudnn=torch.backends.cudnn.version())
+            try:
+                info["driver"] = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                    capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+            except (OSError, subprocess.SubprocessError, IndexError):
+                info["driver"] = None
+        else:
+            info.update(gpu=f"CPU ({platform.machine()})", driver=None)
+        return info
+
+    # -- helpers ---------------------------------------------------------------------------------------------------
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def _inputs(self, c: Config):
+        """N_SETS random (q, k, v) sets for this shape, the same on every visit (seeded by the shape)."""
+        key = (c.n, c.head_dim, c.dtype)
+        if key != self.shape_key:
+            torch = self.torch
+            self.sets = self.jax_sets = None
+            if self.cuda:
+                torch.cuda.empty_cache()
+            gen = torch.Generator(device=self.device).manual_seed(c.n * 1000 + c.head_dim * 10 + DTYPES.index(c.dtype))
+            shape = (self.batch, self.heads, c.n, c.head_dim)
+            dtype = getattr(torch, c.dtype)
+            self.sets = [tuple(torch.randn(shape, generator=gen, device=self.device, dtype=dtype) for _ in range(3))
+                         for _ in range(N_SETS)]
+            if self.jax is not None:
+                self.jax_sets = [tuple(self._to_jax(t) for t in s) for s in self.sets]
+            self.shape_key = key
+        return self.sets
+
+    def _to_jax(self, t):
+        jax = self.jax
+        try:
+            return jax.dlpack.from_dlpack(t)  # shares torch's memory: the same inputs, no copy
+        except Exception:  # a dlpack mismatch between the two: copy the bits through the host
+            bits = jax.numpy.asarray(t.view(self.torch.int16).cpu().numpy())
+            return jax.lax.bitcast_convert_type(bits, jax.numpy.dtype(c_dtype_name(t)))
+
+    def time_ms(self, fn, arg_sets, first_ms):
+        """Median ms of fn(*args), args rotating over arg_sets; warm-up and repetitions scale with the call."""
+        turn = [0]
+
+        def step():
+            turn[0] = (turn[0] + 1) % len(arg_sets)
+            fn(*arg_sets[turn[0]])
+
+        if not self.cuda:  # smoke runs: no CUDA events; a few wall-clock calls
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                step()
+                times.append((time.perf_counter() - start) * 1e3)
+            return float(np.median(times))
+        return self.triton.testing.do_bench(step, warmup=max(25, 3 * first_ms), rep=max(100, 10 * first_ms),
+                                            return_mode="median")
+
+    def time_jax(self, fn, arg_sets, first_ms):
+        """JAX runs on XLA's stream, which torch's CUDA events (do_bench's clock) do not see. So each timed unit
+        dispatches JAX_GROUP calls and blocks on the last: the events then bracket finished work, and the host
+        dispatch of one call overlaps the previous one's kernels as it does for torch. A torch sync first lets
+        do_bench's L2 flush (on torch's stream) finish before JAX starts."""
+        def group(*_):
+            self.sync()
+            for j in range(JAX_GROUP):
+                out = fn(*arg_sets[j % len(arg_sets)])
+            out.block_until_ready()
+
+        return self.time_ms(group, [()], first_ms * JAX_GROUP) / JAX_GROUP
+
+    def extra_memory(self, fn, args):
+        """Peak device memory one call allocates beyond what was allocated before it and the output it returns."""
+        if not self.cuda:
+            return None
+        torch = self.torch
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn(*args)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base - out.numel() * out.element_size()
+
+    def _first_call(self, fn, args, block):
+        start = time.perf_counter()
+        out = fn(*args)
+        block(out)
+        return out, (time.perf_counter() - start) * 1e3
+
+    # -- one configuration -----------------------------------------------------------------------------------------
+    def run_config(self, c: Config, seed):
+        torch = self.torch
+        from sparse_sageattn import reference
+
+        sets = self._inputs(c)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        mask = None if c.density == 1.0 else exact_density_mask(c.density, self.batch, self.heads, c.n, gen,
+                                                                 self.device)
+        work = dict(dense_equiv_ops=dense_equiv_ops(c, self.batch, self.heads),
+                    effective_ops=effective_ops(c, mask, self.batch, self.heads))
+        work["live_fraction"] = work["effective_ops"] / (4 * self.batch * self.heads * c.n * c.n * c.head_dim)
+
+        # The float64 reference on sampled rows of two heads of batch 0, from input set 0.
+        rng = np.random.default_rng(seed)
+        rows = np.unique(np.r_[0, c.n - 1, rng.integers(0, c.n, REF_ROWS)])
+        heads = ref_heads(self.heads)
+        q, k, v = (x[:1, heads].float().cpu().numpy() for x in sets[0])
+        ref_mask = None if mask is None else mask[:1, heads].cpu().numpy()
+        ref_out, _ = reference.attention(q, k, v, ref_mask, c.causal, rows=rows)
+        heads_t = torch.tensor(heads, device=self.device)
+        rows_t = torch.tensor(rows, device=self.device)
+
+        def accuracy(sample):
+            return dict(cosine=reference.cosine(sample, ref_out), rel_l1=reference.rel_l1(sample, ref_out))
+
+        def torch_sample(out):
+            return out[:1].index_select(1, heads_t).index_select(2, rows_t).double().cpu().numpy()
+
+        records = []
+        for name in c.systems:
+            record = dict(c.key(), system=name, batch=self.batch, heads=self.heads, **work)
+            try:
+                if name in self.import_errors:
+                    raise RuntimeError(f"not importable: {self.import_errors[name]}")
+                if name == OURS_JAX:
+                    record.update(self._run_jax(c, mask, rows, heads, accuracy))
+                else:
+                    record.update(self._run_torch(name, c, mask, sets, torch_sample, accuracy))
+            except Exception as e:  # one failing system must not lose the rest of the run
+                record["error"] = f"{type(e).__name__}: {str(e)[:400]}"
+                if self.cuda:
+                    torch.cuda.empty_cache()
+            if "ms" in record:
+                record["dense_equiv_tops"] = work["dense_equiv_ops"] / record["ms"] / 1e9
+                record["effective_tops"] = work["effective_ops"] / record["ms"] / 1e9
+            records.append(record)
+        return records
+
+    def _torch_fn(self, name, c: Config, mask):
+        torch = self.torch
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        from sparse_sageattn import sparse_sageattn
+
+        causal = c.causal
+        if name == OURS:
+            return lambda q, k, v: sparse_sageattn(q, k, v, mask, causal)
+        if name == FLEX:
+            full = mask if mask is not None else torch.ones(1, 1, c.n // BLOCK_M, c.n // BLOCK_N, dtype=torch.bool,
+                                                            device=self.device)
+            block_mask = flex_block_mask(full, c.n, causal)
+            # hd64 needs 64-row tiles to divide the (128, 64) blocks (../shared/ENVIRONMENT.md)
+            options = {"BLOCK_M": 64, "BLOCK_N": 64} if c.head_dim == 64 else None
+            return lambda q, k, v: self.flex(q, k, v, block_mask=block_mask, kernel_options=options)
+        if name in (SDPA_FLASH, SDPA_CUDNN):
+            backend = SDPBackend.FLASH_ATTENTION if name == SDPA_FLASH else SDPBackend.CUDNN_ATTENTION
+
+            def sdpa(q, k, v):
+                with sdpa_kernel(backend):
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            return sdpa
+        if name == SAGE:
+            return lambda q, k, v: self.sageattn(q, k, v, tensor_layout="HND", is_causal=causal)
+        raise ValueError(name)
+
+    def _run_torch(self, name, c: Config, mask, sets, torch_sample, accuracy):
+        fn = self._torch_fn(name, c, mask)
+        if name == SAGE:
+            sets = [(q, k.clone(), v) for q, k, v in sets]  # sageattn 1.0.6 subtracts K's mean in place
+        with self.torch.inference_mode():
+            out, first_ms = self._first_call(fn, sets[0], lambda _: self.sync())
+            result = accuracy(torch_sample(out))
+            del out
+            start = time.perf_counter()
+            result["extra_mem_bytes"] = self.extra_memory(fn, sets[0])
+            call_ms = (time.perf_counter() - start) * 1e3
+            result["ms"] = self.time_ms(fn, sets, call_ms)
+            result["first_call_s"] = first_ms / 1e3
+            if name == OURS:
+                result.update(self._plan_facts(c, mask, sets, call_ms))
+        return result
+
+    def _run_jax(self, c: Config, mask, rows, heads, accuracy):
+        jax = self.jax
+        jnp = jax.numpy
+        mask_j = None if mask is None else jnp.asarray(mask.cpu().numpy())
+        causal = c.causal
+        sets = [(q, k, v, mask_j) for q, k, v in self.jax_sets]
+
+        def fn(q, k, v, m):
+            return self.jax_fn(q, k, v, m, is_causal=causal)
+
+        out, first_ms = self._first_call(fn, sets[0], lambda o: o.block_until_ready())
+        sample = np.asarray(out[:1][:, np.array(heads)][:, :, rows].astype(jnp.float32)).astype(np.float64)
+        result = accuracy(sample)
+        del out
+        start = time.perf_counter()
+        fn(*sets[0]).block_until_ready()
+        call_ms = (time.perf_counter() - start) * 1e3
+        result.update(ms=self.time_jax(fn, sets, call_ms), first_call_s=first_ms / 1e3, extra_mem_bytes=None)
+        return result
+
+    def _plan_facts(self, c: Config, mask, sets, call_ms):
+        """The issue's memory bound from the core plan's buffers and, if asked, each launch of the plan timed alone
+        (buffers allocated once per input set; launched as frontends/torch/attention.py does)."""
+        torch = self.torch
+        from sparse_sageattn.core_kernels import ArrayDesc, make_plan
+
+        def desc(t):
+            return ArrayDesc(tuple(t.shape), tuple(t.stride()), c_dtype_name(t), str(t.device))
+
+        capability = torch.cuda.get_device_capability() if self.cuda else None
+        q, k, v = sets[0]
+        plan = make_plan(desc(q), desc(k), desc(v), None if mask is None else desc(mask), c.causal, "HND", None,
+                         True, False, capability)
+
+        def nbytes(buf):
+            return math.prod(buf.shape) * np.dtype(buf.dtype).itemsize
+
+        facts = dict(mem_bound_bytes=sum(nbytes(plan.buffers[n]) for n in MEMORY_BOUND_BUFFERS),
+                     plan_scratch_bytes=sum(nbytes(b) for n, b in plan.buffers.items() if n != "out"))
+        if not c.breakdown:
+            return facts
+        envs = []
+        for q, k, v in sets:
+            arrays = {"q": q, "k": k, "v": v, "mask_id": mask}
+            for name, buf in plan.buffers.items():
+                dtype = getattr(torch, buf.dtype)
+                arrays[name] = (torch.empty(buf.shape, dtype=dtype, device=self.device) if buf.fill is None else
+                                torch.full(buf.shape, buf.fill, dtype=dtype, device=self.device))
+            envs.append(arrays)
+
+        def launch(step, arrays):
+            step.kernel[step.grid](*(arrays[n] for n in step.inputs), *step.scalars,
+                                   *(arrays[n] for n in step.outputs), num_warps=step.num_warps,
+                                   num_stages=step.num_stages, **step.constexprs)
+
+        for arrays in envs:  # every buffer then holds what the next launch reads
+            for step in plan.launches:
+                launch(step, arrays)
+        self.sync()
+        facts["kernels_ms"] = {step.name: self.time_ms(lambda a, s=step: launch(s, a), [(a,) for a in envs],
+                                                       call_ms if step.name == "attention" else 0.1)
+                               for step in plan.launches}
+        return facts
+
+
+def ref_heads(heads):
+    return sorted({0, heads // 2})
+
+
+def c_dtype_name(t):
+    return str(t.dtype).removeprefix("torch.")
+
+
+# ---- the command ----------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--quick", action="store_true", help="the grid that fits one 10-minute device call")
+    grid.add_argument("--smoke", action="store_true", help="a tiny grid that checks the plumbing (CPU too)")
+    p.add_argument("--dry-run", action="store_true", help="list the configurations and the estimate; no device")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    p.add_argument("--tag", default="", help="suffix of the results file name (e.g. a part of a split full grid)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help=f"skip configurations that would end after this many seconds from the start "
+                        f"(default {QUICK_BUDGET_S} for --quick, none otherwise; 0 = none)")
+
+    def ints(s):
+        return tuple(int(x) for x in s.split(","))
+
+    p.add_argument("--seq-lens", type=ints, help="keep only these N (comma separated)")
+    p.add_argument("--head-dims", type=ints, help="keep only these head dims")
+    p.add_argument("--dtypes", type=lambda s: tuple(s.split(",")), help="keep only these dtypes (float16,bfloat16)")
+    p.add_argument("--systems", type=lambda s: tuple(s.split(",")), help=f"keep only these of {','.join(SYSTEMS)}")
+    args = p.parse_args(argv)
+    if args.budget_s is None:
+        args.budget_s = QUICK_BUDGET_S if args.quick else 0
+    return args
+
+
+def select_configs(args):
+    configs = smoke_grid() if args.smoke else quick_grid() if args.quick else full_grid()
+    return filter_grid(configs, args.seq_lens, args.head_dims, args.dtypes, args.systems)
+
+
+def print_plan(configs, budget_s, out=sys.stdout):
+    est = Estimator()
+    total = STARTUP_S
+    for i, c in enumerate(configs, 1):
+        s = est.config_s(c)
+        total += s
+        print(f"{i:4d} {c.label():<36} {s:6.1f} s  {','.join(c.systems)}{'  +kernels' if c.breakdown else ''}",
+              file=out)
+    print(f"{len(configs)} configurations, estimated {total / 60:.1f} min"
+          + (f" (budget {budget_s / 60:.1f} min)" if budget_s else ""), file=out)
+    return total
+
+
+def results_path(out_dir, gpu, tag, date):
+    slug = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in gpu).strip("_")
+    return os.path.join(out_dir, f"{slug}-{date}{'-' + tag if tag else ''}.json")
+
+
+def write_json(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, allow_nan=True)
+    os.replace(tmp, path)
+
+
+def _progress(i, total, c, records, elapsed, estimate):
+    cells = []
+    for r in records:
+        cells.append(f"{r['system'].replace('sparse_sageattn', 'ours')} "
+                     + (f"{r['ms']:.3f}" if "ms" in r else "ERR"))
+    line = f"[{i}/{total} {elapsed:5.0f}s/{estimate:4.0f}s] {c.label():<34} " + " | ".join(cells)
+    print(line, flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    configs = select_configs(args)
+    estimate = print_plan(configs, args.budget_s) if args.dry_run else estimate_total(configs)
+    if args.dry_run:
+        return 0
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.smoke:
+        print("no CUDA device: only --smoke and --dry-run run here", file=sys.stderr)
+        return 2
+    batch, heads = (1, 2) if args.smoke else (BATCH, HEADS)
+    bench = Bench(device, batch, heads)
+    meta = bench.versions()
+    date = datetime.date.today().isoformat()
+    grid_name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    meta.update(date=date, grid=grid_name, argv=sys.argv[1:], batch=batch, heads=heads, n_sets=N_SETS,
+                jax_group=JAX_GROUP, ref_heads=ref_heads(heads), ref_rows=REF_ROWS, budget_s=args.budget_s,
+                estimate_s=round(estimate), import_errors=bench.import_errors)
+    os.makedirs(args.out, exist_ok=True)
+    path = results_path(args.out, meta["gpu"], args.tag, date)
+    data = dict(schema=1, meta=meta, records=[], skipped=[])
+    print(f"{meta['gpu']} | torch {meta['torch']} | triton {meta['triton']} | jax {meta['jax']} | "
+          f"{len(configs)} configurations ({grid_name}), estimated {estimate / 60:.1f} min -> {path}", flush=True)
+    for name, err in bench.import_errors.items():
+        print(f"  {name} unavailable: {err}", flush=True)
+    est = Estimator()
+    predicted = 0.0  # estimated seconds of the configurations run so far: scales the rest by reality
+    try:
+        for i, c in enumerate(configs, 1):
+            seen = set(est.seen)
+            need = est.config_s(c)
+            elapsed = time.monotonic() - PROCESS_START
+            slowdown = max(1.0, (elapsed - STARTUP_S) / predicted) if predicted > 60 else 1.0
+            if args.budget_s and elapsed + need * slowdown > args.budget_s:
+                data["skipped"].append(dict(c.key(), systems=list(c.systems), reason="time budget",
+                                            estimate_s=round(need * slowdown, 1)))
+                est.seen = seen  # its compiles did not happen: a later configuration still pays them
+                continue
+            records = bench.run_config(c, seed=i)
+            predicted += need
+            data["records"].extend(records)
+            _progress(i, len(configs), c, records, time.monotonic() - PROCESS_START, estimate)
+            data["meta"]["elapsed_s"] = round(time.monotonic() - PROCESS_START, 1)
+            write_json(path, data)
+    except KeyboardInterrupt:  # `timeout -s INT` from run_gpu.sh: keep what was measured
+        data["meta"]["interrupted"] = True
+        print("interrupted: writing what was measured", flush=True)
+    data["meta"]["elapsed_s"] = round(time.monotonic() - PROCESS_START, 1)
+    write_json(path, data)
+    if data["skipped"]:
+        print(f"{len(data['skipped'])} configurations skipped for the time budget (listed in the results file)")
+    errors = [r for r in data["records"] if "error" in r]
+    for r in errors[:10]:
+        print(f"error: {r['system']} hd{r['head_dim']} N={r['n']} d={r['density']}: {r['error'][:200]}")
+    print(f"wrote {path} ({len(data['records'])} records, {len(errors)} errors, "
+          f"{data['meta']['elapsed_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
