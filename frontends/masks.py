@@ -15,6 +15,8 @@ last key. Element-level patterns, for query position p and key j:
     global_queries  also p < tokens                   (those queries see every key: Longformer-style global tokens)
 `union_mask` is the union of the chosen patterns (a block is live if any pattern makes it live).
 """
+import functools
+
 import numpy as np
 
 BLOCK_M, BLOCK_N = 128, 64
@@ -97,3 +99,14 @@ def union_mask(n_q, n_k, *, causal=False, window=None, lookahead=0, sink=0, glob
     if sink or global_queries:
         live |= sink_mask(n_q, n_k, sink, global_queries)
     return live
+
+
+def converted(to_array):
+    """The four public builders, each returning `to_array(numpy_mask, device)` and taking a keyword `device`:
+    how a frontend offers them as its own arrays without restating them."""
+    def convert(builder):
+        @functools.wraps(builder)
+        def framework_builder(*args, device=None, **kwargs):
+            return to_array(builder(*args, **kwargs), device)
+        return framework_builder
+    return tuple(convert(b) for b in (causal_mask, sliding_window_mask, sink_mask, union_mask))
