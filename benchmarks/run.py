@@ -618,16 +618,15 @@ def select_configs(args):
     return filter_grid(configs, args.seq_lens, args.head_dims, args.dtypes, args.systems)
 
 
-def print_plan(configs, budget_s, out=sys.stdout):
+def print_plan(configs, budget_s):
     est = Estimator()
     total = STARTUP_S
     for i, c in enumerate(configs, 1):
         s = est.config_s(c)
         total += s
-        print(f"{i:4d} {c.label():<36} {s:6.1f} s  {','.join(c.systems)}{'  +kernels' if c.breakdown else ''}",
-              file=out)
+        print(f"{i:4d} {c.label():<36} {s:6.1f} s  {','.join(c.systems)}{'  +kernels' if c.breakdown else ''}")
     print(f"{len(configs)} configurations, estimated {total / 60:.1f} min"
-          + (f" (budget {budget_s / 60:.1f} min)" if budget_s else ""), file=out)
+          + (f" (budget {budget_s / 60:.1f} min)" if budget_s else ""))
     return total
 
 
