@@ -1,7 +1,7 @@
 """The benchmark suite of the speed issue: sparse_sageattn (torch and JAX) against SDPA flash, SDPA cuDNN, compiled
 FlexAttention with the identical block mask and sageattention 1.0.6, on one GPU, in one process.
 
-On the lent GPU (device tool, carry .whl), from the repo root -- one call, about 7 minutes:
+On the lent GPU (device tool, carry .whl, timeout_s 600), from the repo root -- one call, about 8 minutes:
 
     bash benchmarks/run_gpu.sh --quick
 
@@ -57,6 +57,7 @@ DENSE_ONLY = (SDPA_CUDNN, SDPA_FLASH, SAGE)
 # What the issue's memory bound allows one call beyond its output: the int8 copies of q and k, their scales and the
 # block lists (names of the core plan's buffers).
 MEMORY_BOUND_BUFFERS = ("q_int8", "k_int8", "q_scale", "k_scale", "block_counts", "block_indices")
+ITEMSIZE = {"int8": 1, "int32": 4, "float32": 4, "float16": 2, "bfloat16": 2}  # numpy has no bfloat16
 
 # Estimate model. Guesses from ../shared/ENVIRONMENT.md and the brief; correct them from a run's meta.timing.
 RATE_TOPS = {OURS: 320, OURS_JAX: 320, FLEX: 400, SDPA_CUDNN: 580, SDPA_FLASH: 340, SAGE: 410}
@@ -548,7 +549,7 @@ class Bench:
                          True, False, capability)
 
         def nbytes(buf):
-            return math.prod(buf.shape) * np.dtype(buf.dtype).itemsize
+            return math.prod(buf.shape) * ITEMSIZE[buf.dtype]
 
         facts = dict(mem_bound_bytes=sum(nbytes(plan.buffers[n]) for n in MEMORY_BOUND_BUFFERS),
                      plan_scratch_bytes=sum(nbytes(b) for n, b in plan.buffers.items() if n != "out"))
