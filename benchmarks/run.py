@@ -195,7 +195,11 @@ def causal_mask_mod(b, h, q_idx, kv_idx):
 
 def flex_block_mask(mask, n, causal):
     """The same computation for flex_attention: a BlockMask of (128, 64) blocks. Live blocks wholly visible are
-    full blocks (no mask_mod call); those crossing the causal diagonal are partial with the causal mask_mod."""
+    full blocks (no mask_mod call); those crossing the causal diagonal are partial with the causal mask_mod.
+
+    Not sparse_sageattn.torch.to_flex_block_mask: its mask_mod also looks blocks up in mask_id so that eager
+    flex_attention is right too; the compiled peer needs only the causal rule, the fastest BlockMask a Flex user
+    would write for this mask."""
     import torch
     from torch.nn.attention.flex_attention import BlockMask
 
