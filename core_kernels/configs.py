@@ -55,6 +55,14 @@ TABLE = {
 }
 
 
+PREDICT_POOL = _SIMPLE
+
+
+def predict_select(kb_pad: int) -> KernelConfig:
+    """The selection kernel holds a few values per key block of a row in registers: more warps for long rows."""
+    return KernelConfig(num_warps=min(16, max(4, kb_pad // 256)), num_stages=1)
+
+
 def lookup(capability, head_dim_pad: int, dtype: str) -> LaunchConfigs:
     """capability: (major, minor) or None (interpreter)."""
     if capability is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from . import configs
 from .attention import attention_kernel
 from .block_lists import block_lists_kernel
+from .predict import pool_blocks_kernel, select_blocks_kernel
 from .quantize import channel_sums_kernel, quantize_blocks_kernel
 
 FLOAT_DTYPES = ("float16", "bfloat16")
@@ -24,6 +25,8 @@ LOG2E = 1.4426950408889634
 # In-tile offsets are int32 (block bases are int64): a tile of BLOCK_M rows must stay below 2**31 elements.
 MAX_ROW_STRIDE = (2**31 - 1) // configs.BLOCK_M
 MAX_GRID_Y = 65535
+# A predicted-mask row lives in registers (a few values per key block): 8192 key blocks = 524288 keys.
+MAX_PREDICT_KEY_BLOCKS = 8192
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,75 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
                 SHIFT_LSE=shift_lse, **dims),
            cfg.attention)
     return Plan(buffers, tuple(launches))
+
+
+def _check_fraction(name, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0.0 < value <= 1.0):
+        raise ValueError(f"predict_mask: {name} must be a number in (0, 1] or None, got {value!r}")
+
+
+def validate_predict(q: ArrayDesc, k: ArrayDesc, cdf_threshold, topk, is_causal, tensor_layout, sm_scale):
+    """Raise ValueError/TypeError naming the argument; q and k are checked as sparse_sageattn checks them."""
+    validate(q, k, k, None, is_causal, tensor_layout, sm_scale, True, False)
+    _check_fraction("cdf_threshold", cdf_threshold)
+    _check_fraction("topk", topk)
+    if (cdf_threshold is None) == (topk is None):
+        raise ValueError("predict_mask: give exactly one of cdf_threshold and topk")
+    n_k = k.shape[2 if tensor_layout == "HND" else 1]
+    if _cdiv(n_k, configs.BLOCK_N) > MAX_PREDICT_KEY_BLOCKS:
+        raise ValueError(f"predict_mask: k may hold at most {MAX_PREDICT_KEY_BLOCKS * configs.BLOCK_N} keys, "
+                         f"got {n_k}")
+
+
+def make_predict_plan(q: ArrayDesc, k: ArrayDesc, cdf_threshold=None, topk=None, is_causal=False,
+                      tensor_layout="HND", sm_scale=None) -> Plan:
+    """Validate and resolve one predict_mask call: buffer "mask", int8 (B, Hq, ceil(Nq/128), ceil(Nk/64)).
+
+    Launches: pool Q blocks, pool K blocks (per kv head: GQA query heads share them), select per query block.
+    See core_kernels/predict.py for the rule.
+    """
+    validate_predict(q, k, cdf_threshold, topk, is_causal, tensor_layout, sm_scale)
+    b_axis, h_axis, n_axis = (0, 1, 2) if tensor_layout == "HND" else (0, 2, 1)
+    batch, heads_q, n_q = q.shape[b_axis], q.shape[h_axis], q.shape[n_axis]
+    heads_kv, n_k = k.shape[h_axis], k.shape[n_axis]
+    head_dim = int(q.shape[3])
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(head_dim)
+    block_m, block_n = configs.BLOCK_M, configs.BLOCK_N
+    n_qb, n_kb = _cdiv(n_q, block_m), _cdiv(n_k, block_n)
+    mask_shape = (batch, heads_q, n_qb, n_kb)
+    if batch == 0 or heads_q == 0 or n_q == 0 or n_k == 0:
+        return Plan({"mask": Buffer(mask_shape, "int8", 0)}, ())
+
+    q_strides, k_strides = _bhnd_strides(q, tensor_layout), _bhnd_strides(k, tensor_layout)
+    stride_align = 8 if all(s % 8 == 0 for s in q_strides + k_strides) else 1  # see alignment.py
+    q_strides, k_strides = (tuple(s // stride_align for s in strides) for strides in (q_strides, k_strides))
+    pool = dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=max(16, _next_pow2(head_dim)), STRIDE_ALIGN=stride_align)
+    pool_cfg = configs.PREDICT_POOL
+    kb_pad = max(16, _next_pow2(int(n_kb)))
+    select_cfg = configs.predict_select(kb_pad)
+    buffers = {
+        "pooled_q": Buffer(_flat(batch * heads_q, n_qb, head_dim), "float32"),
+        "pooled_k": Buffer(_flat(batch * heads_kv, head_dim, n_kb), "float32"),
+        "mask": Buffer(mask_shape, "int8"),
+    }
+    launches = (
+        Launch("pool_q", pool_blocks_kernel, (batch * heads_q, n_qb), ("q",),
+               (n_q, heads_q, *q_strides, head_dim, 1), ("pooled_q",), dict(BLOCK_ROWS=block_m, **pool),
+               pool_cfg.num_warps, pool_cfg.num_stages),
+        Launch("pool_k", pool_blocks_kernel, (batch * heads_kv, n_kb), ("k",),
+               (n_k, heads_kv, *k_strides, 1, n_kb), ("pooled_k",), dict(BLOCK_ROWS=block_n, **pool),
+               pool_cfg.num_warps, pool_cfg.num_stages),
+        Launch("select", select_blocks_kernel, (batch * heads_q, n_qb), ("pooled_q", "pooled_k"),
+               (float(sm_scale) * LOG2E, float(topk if cdf_threshold is None else cdf_threshold), n_q, n_k,
+                heads_q, heads_q // heads_kv),
+               ("mask",),
+               dict(HEAD_DIM=head_dim, KB_PAD=kb_pad, KEY_BITS=30 + kb_pad.bit_length() - 1, BLOCK_M=block_m,
+                    BLOCK_N=block_n, IS_CAUSAL=is_causal, TOPK=cdf_threshold is None),
+               select_cfg.num_warps, select_cfg.num_stages),
+    )
+    return Plan(buffers, launches)
 
 
 def contiguous_strides(shape):

@@ -80,3 +80,56 @@ def assert_close(out, lse, ref_out, ref_lse, tensor_layout="HND"):
     assert np.array_equal(np.isneginf(lse), empty_rows)
     assert not to_bhnd(out, tensor_layout)[empty_rows].any()
     assert np.abs(lse[~empty_rows] - ref_lse[~empty_rows]).max(initial=0.0) <= LSE_ABS_MAX
+
+
+def predicted_mask(q, k, cdf_threshold=None, topk=None, is_causal=False, tensor_layout="HND", sm_scale=None):
+    """The predict_mask selection rule in float64 (core_kernels/predict.py states it), by sorting.
+
+    Returns (mask, margin): bool (B, Hq, Qb, Kb), and how far the closest decision was from flipping -- the
+    smallest, over rows, of |mass before a rank - cdf_threshold| and of the relative probability gap between the
+    last kept and the first dropped block (ranking decisions only; forced blocks are added after). Kernels
+    computing in fp32 must agree with the mask where the margin is well above fp32 rounding (1e-4, say).
+    """
+    q, k = to_bhnd(q, tensor_layout), to_bhnd(k, tensor_layout)
+    batch, heads_q, n_q, head_dim = q.shape
+    n_k = k.shape[2]
+    n_qb, n_kb = -(-n_q // BLOCK_M), -(-n_k // BLOCK_N)
+
+    def pool(x, rows, n_blocks):
+        padded = np.pad(x, ((0, 0), (0, 0), (0, n_blocks * rows - x.shape[2]), (0, 0)))
+        counts = np.minimum(x.shape[2] - np.arange(n_blocks) * rows, rows)
+        return padded.reshape(*x.shape[:2], n_blocks, rows, head_dim).sum(axis=3) / counts[:, None]
+
+    pooled_k = np.repeat(pool(k, BLOCK_N, n_kb), heads_q // k.shape[1], axis=1)
+    scale = 1.0 / np.sqrt(head_dim) if sm_scale is None else sm_scale
+    scores = np.einsum("bhqd,bhkd->bhqk", pool(q, BLOCK_M, n_qb), pooled_k) * scale
+    first_pos = np.arange(n_qb) * BLOCK_M + n_k - n_q
+    last_pos = np.minimum(np.arange(n_qb) * BLOCK_M + BLOCK_M, n_q) - 1 + n_k - n_q
+    first_key = np.arange(n_kb) * BLOCK_N
+    candidate = np.ones((n_qb, n_kb), bool)
+    if is_causal:
+        candidate = first_key[None, :] <= last_pos[:, None]
+    diagonal = (first_key[None, :] + BLOCK_N - 1 >= first_pos[:, None]) & (first_key[None, :] <= last_pos[:, None])
+    forced = candidate & (diagonal | (first_key == 0)[None, :])
+
+    mask = np.zeros((batch, heads_q, n_qb, n_kb), bool)
+    margin = np.inf
+    for b, h, i in np.ndindex(batch, heads_q, n_qb):
+        cols = np.flatnonzero(candidate[i])
+        if cols.size == 0:
+            continue
+        s = scores[b, h, i, cols]
+        p = np.exp(s - s.max())
+        p = p / p.sum()
+        order = np.lexsort((cols, -p))  # probability descending, then index ascending
+        ranked = p[order]
+        if topk is not None:
+            n_keep = int(np.ceil(np.float32(topk) * np.float32(cols.size)))  # as the kernel rounds it
+        else:
+            before = np.concatenate(([0.0], np.cumsum(ranked)[:-1]))
+            n_keep = int(np.sum(before < cdf_threshold))
+            margin = min(margin, np.abs(before - cdf_threshold).min())
+        if 0 < n_keep < cols.size:
+            margin = min(margin, (ranked[n_keep - 1] - ranked[n_keep]) / ranked[n_keep - 1])
+        mask[b, h, i, cols[order[:n_keep]]] = True
+    return mask | forced, margin
