@@ -1,10 +1,11 @@
 """PyTorch frontend: validates, allocates and launches the core kernels through a torch.library.triton_op; static
-block-mask builders; FlexAttention BlockMask interop."""
+block-mask builders; a predicted block mask; FlexAttention BlockMask interop."""
 from .attention import sparse_sageattn
 from .flex import from_flex_block_mask, to_flex_block_mask
 from .masks import causal_mask, sink_mask, sliding_window_mask, union_mask
+from .predict import predict_mask
 
 __all__ = [
     "sparse_sageattn", "causal_mask", "sliding_window_mask", "sink_mask", "union_mask", "to_flex_block_mask",
-    "from_flex_block_mask",
+    "from_flex_block_mask", "predict_mask",
 ]

@@ -31,23 +31,29 @@ def _plan(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return
                      tensor_layout, sm_scale, smooth_k, return_lse, capability)
 
 
-@triton_op("sparse_sageattn::forward", mutates_args=())
-def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_id: torch.Tensor | None, is_causal: bool,
-             tensor_layout: str, sm_scale: float | None, smooth_k: bool,
-             return_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    plan = _plan(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse)
-    arrays = {"q": q, "k": k, "v": v, "mask_id": mask_id}
+def execute(plan, arrays: dict, device) -> dict:
+    """Allocate plan.buffers on `device` and launch plan.launches in order; returns `arrays` with the buffers."""
+    arrays = dict(arrays)
     for name, buf in plan.buffers.items():
         if buf.fill is None:
-            arrays[name] = torch.empty(buf.shape, dtype=_DTYPES[buf.dtype], device=q.device)
+            arrays[name] = torch.empty(buf.shape, dtype=_DTYPES[buf.dtype], device=device)
         else:
-            arrays[name] = torch.full(buf.shape, buf.fill, dtype=_DTYPES[buf.dtype], device=q.device)
+            arrays[name] = torch.full(buf.shape, buf.fill, dtype=_DTYPES[buf.dtype], device=device)
     for step in plan.launches:
         kernel = step.kernel if INTERPRETED else wrap_triton(step.kernel)
         kernel[step.grid](
             *(arrays[n] for n in step.inputs), *step.scalars, *(arrays[n] for n in step.outputs),
             num_warps=step.num_warps, num_stages=step.num_stages, **step.constexprs,
         )
+    return arrays
+
+
+@triton_op("sparse_sageattn::forward", mutates_args=())
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_id: torch.Tensor | None, is_causal: bool,
+             tensor_layout: str, sm_scale: float | None, smooth_k: bool,
+             return_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    plan = _plan(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse)
+    arrays = execute(plan, {"q": q, "k": k, "v": v, "mask_id": mask_id}, q.device)
     return arrays["out"], arrays["lse"]
 
 
