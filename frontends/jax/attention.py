@@ -84,13 +84,19 @@ def _import_jax_triton():
 
 def _launch_kernels(*arrays, options: _Options):
     """The CUDA path: one triton_call per launch of the core plan, in order. Nothing here computes on data."""
+    capability = _compute_capability()
+    plan = _plan(arrays, options, capability)
+    env = triton_calls(plan, dict(zip(_NAMES, arrays)), capability)
+    return [env["out"], env["lse"]]
+
+
+def triton_calls(plan, env: dict, capability) -> dict:
+    """One jax_triton.triton_call per launch of `plan`, in order; returns `env` with the outputs added."""
     if INTERPRETED:
         raise RuntimeError("sparse_sageattn: TRITON_INTERPRET=1 is set, but the JAX CUDA path compiles the kernels "
                            "with jax-triton; unset TRITON_INTERPRET before importing sparse_sageattn")
     jax_triton = _import_jax_triton()
-    capability = _compute_capability()
-    plan = _plan(arrays, options, capability)
-    env = dict(zip(_NAMES, arrays))
+    env = dict(env)
     for step in plan.launches:
         out_shape = [jax.ShapeDtypeStruct(plan.buffers[n].shape, jnp.dtype(plan.buffers[n].dtype))
                      for n in step.outputs]
@@ -101,7 +107,7 @@ def _launch_kernels(*arrays, options: _Options):
             compute_capability=capability[0] * 10 + capability[1], **step.constexprs,
         )
         env.update(zip(step.outputs, outputs))
-    return [env["out"], env["lse"]]
+    return env
 
 
 _kernels_p = jex.core.Primitive("sparse_sageattn_kernels")

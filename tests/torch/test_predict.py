@@ -5,38 +5,27 @@ only meaningful where no decision sits within fp32 rounding of flipping: inputs 
 a random vector plus noise, so pooled scores are well spread) and every comparison asserts the reference's
 margin first -- deterministic seeds, so nothing here can be flaky.
 """
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from sparse_sageattn import masks
 from sparse_sageattn import sparse_sageattn
 from sparse_sageattn.core_kernels import ArrayDesc, validate_predict
 from sparse_sageattn.reference import assert_close, attention, predicted_mask
 from sparse_sageattn.torch import predict_mask
 
-MIN_MARGIN = 1e-4
-
-
-def structured(seed, batch, heads, n, head_dim, rows, layout="HND", noise=0.3):
-    """fp16 numpy (B, H, N, D) or (B, N, H, D): every block of `rows` rows one random vector plus noise."""
-    rng = np.random.default_rng(seed)
-    base = np.repeat(rng.standard_normal((batch, heads, -(-n // rows), head_dim)), rows, axis=2)[:, :, :n]
-    x = (base + noise * rng.standard_normal((batch, heads, n, head_dim))).astype(np.float16)
-    return x if layout == "HND" else np.ascontiguousarray(x.transpose(0, 2, 1, 3))
+_spec = importlib.util.spec_from_file_location("predict_cases", Path(__file__).parents[1] / "predict_cases.py")
+cases = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cases)
+CASES, MIN_MARGIN, forced_and_allowed, structured = (cases.CASES, cases.MIN_MARGIN, cases.forced_and_allowed,
+                                                     cases.structured)
 
 
 def run(q, k, device, **kwargs):
     return predict_mask(torch.from_numpy(q).to(device), torch.from_numpy(k).to(device), **kwargs).cpu().numpy()
-
-
-CASES = [  # (heads_q, heads_kv, n_q, n_k, layout, options)
-    (4, 2, 300, 700, "HND", dict(cdf_threshold=0.5, is_causal=True)),
-    (4, 2, 300, 700, "NHD", dict(cdf_threshold=0.9)),
-    (2, 2, 700, 300, "HND", dict(cdf_threshold=0.7, is_causal=True)),  # Nq > Nk: first blocks see nothing
-    (4, 1, 300, 700, "HND", dict(topk=0.3)),
-    (4, 2, 256, 1000, "NHD", dict(topk=0.5, is_causal=True, sm_scale=0.3)),
-]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -50,14 +39,6 @@ def test_matches_reference(device, case):
     assert mask.dtype == np.int8 and mask.shape == ref.shape
     np.testing.assert_array_equal(mask.astype(bool), ref)
     assert 0 < ref.mean() < 1  # the case does select
-
-
-def forced_and_allowed(n_q, n_k, is_causal):
-    """From the static builders, independently of predict: the diagonal (a window of 1 is the pair j == p) and
-    sink blocks, and the blocks a causal query block may see."""
-    diagonal = masks.sliding_window_mask(n_q, n_k, 1) | masks.sink_mask(n_q, n_k, 1)
-    allowed = masks.causal_mask(n_q, n_k) if is_causal else np.ones_like(diagonal)
-    return diagonal & allowed, allowed
 
 
 @pytest.mark.parametrize("n_q,n_k,is_causal", [(300, 700, True), (700, 300, True), (129, 1000, False)])
