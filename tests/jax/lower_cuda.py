@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from sparse_sageattn.core_kernels import INTERPRETED
-from sparse_sageattn.jax import sparse_sageattn
+from sparse_sageattn.core_kernels import ArrayDesc, make_predict_plan
+from sparse_sageattn.core_kernels.plan import contiguous_strides
+from sparse_sageattn.jax import predict_mask, sparse_sageattn
 from sparse_sageattn.jax.attention import _Options, _compute_capability, _plan
 
 # (dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, mask dtype or None, is_causal, return_lse, smooth_k):
@@ -31,6 +33,14 @@ CASES = [
     ("bfloat16", 128, "NHD", 4, 4, 256, 300, None, False, False, True),
     ("bfloat16", 96, "HND", 4, 4, 200, 200, None, True, False, False),
     ("bfloat16", 40, "HND", 4, 1, 129, 65, "int32", False, True, True),
+]
+# predict_mask: (dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, options) -- each selection mode, causal or
+# not, ragged lengths, and row widths from the smallest key-block tile (16) to the largest (8192 key blocks).
+PREDICT_CASES = [
+    ("float16", 64, "HND", 4, 2, 300, 700, dict(cdf_threshold=0.9, is_causal=True)),
+    ("bfloat16", 128, "NHD", 4, 4, 1, 77, dict(topk=0.25)),
+    ("float16", 40, "HND", 2, 1, 4096, 65536, dict(topk=0.1, is_causal=True)),
+    ("bfloat16", 256, "HND", 2, 2, 130, 8192 * 64, dict(cdf_threshold=0.5)),
 ]
 ALLOWED_OPS = {"stablehlo.case", "stablehlo.constant", "stablehlo.custom_call", "stablehlo.return"}
 
@@ -57,16 +67,33 @@ def lower(case):
             "triton_calls": text.count("@triton_kernel_call("), "launches": len(plan.launches)}
 
 
+def lower_predict(case):
+    dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, options = case
+    shapes = [(1, heads, n, head_dim) if layout == "HND" else (1, n, heads, head_dim)
+              for heads, n in ((heads_q, n_q), (heads_kv, n_k))]
+    args = [jax.ShapeDtypeStruct(shape, jnp.dtype(dtype)) for shape in shapes]
+
+    def f(q, k):
+        return predict_mask(q, k, tensor_layout=layout, **options)
+
+    text = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    plan = make_predict_plan(*(ArrayDesc(s, contiguous_strides(s), dtype) for s in shapes), tensor_layout=layout,
+                             **options)
+    return {"ops": sorted(set(re.findall(r"stablehlo\.[a-z_]+", text))),
+            "triton_calls": text.count("@triton_kernel_call("), "launches": len(plan.launches)}
+
+
 def main():
     assert not INTERPRETED, "lowering needs a compiling process: unset TRITON_INTERPRET"
     assert os.environ.get("SPARSE_SAGEATTN_COMPUTE_CAPABILITY"), "set SPARSE_SAGEATTN_COMPUTE_CAPABILITY"
-    print(json.dumps({"total": len(CASES)}), flush=True)
-    for case in CASES:
-        try:
-            result = lower(case)
-        except Exception as e:  # report every failing case, not only the first
-            result = {"error": f"{type(e).__name__}: {e}"[-2000:]}
-        print(json.dumps({"case": case, **result}), flush=True)
+    print(json.dumps({"total": len(CASES) + len(PREDICT_CASES)}), flush=True)
+    for lower_one, cases in ((lower, CASES), (lower_predict, PREDICT_CASES)):
+        for case in cases:
+            try:
+                result = lower_one(case)
+            except Exception as e:  # report every failing case, not only the first
+                result = {"error": f"{type(e).__name__}: {e}"[-2000:]}
+            print(json.dumps({"case": case, "kind": lower_one.__name__, **result}), flush=True)
     assert "TRITON_CACHE_DIR" not in os.environ or os.environ["TRITON_CACHE_DIR"], "jax_triton's cache dir leaked"
     return 0
 
