@@ -1,0 +1,163 @@
+"""Hugging Face transformers adapter: `attn_implementation="sparse_sageattn"` after `register()`.
+
+    from sparse_sageattn.torch.transformers import register
+    register()
+    model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="sparse_sageattn", dtype=torch.float16)
+
+What transformers' masks become. The kernel's only element-level rule is `is_causal` (query i sees key j iff
+j <= i + Nk - Nq, bottom-right aligned), so the mask function registered with the attention function checks, once
+per forward, that the model's mask is exactly that rule (or no mask at all) on every query that matters, and
+returns None; anything else raises a ValueError saying what to do instead:
+
+- Causal LMs: `is_causal=True` from the attention module. Bottom-right alignment is right for prefill (Nq = Nk)
+  and for decoding with the default DynamicCache (Nq < Nk, the last query is the last key).
+- Padding, causal models: right padding (each row of `attention_mask` is ones then zeros) is exact: a real token
+  never sees a later position, so never a pad; pad positions' outputs differ from eager's and are meaningless
+  either way. Left padding, or padding anywhere else (e.g. right-padded batches decoding with a cache), is
+  refused: pad keys before a real token would be seen. Use batch size 1 or right padding (prefill / scoring).
+- Padding, bidirectional attention: refused (every query would see the pads).
+- Sliding-window layers (Mistral-style `config.sliding_window`): exact, and run as plain causal attention, while
+  the window covers every key a query is given (sequences up to the window; decoding with a DynamicCache, which
+  keeps the window). Refused once the window cuts keys off: the block masks (`sliding_window_mask`) are
+  block-granular and would let a query see up to 190 keys older than its window, which is not the model.
+- Static caches (`cache_implementation="static"`): refused; their key buffers hold unwritten slots past the
+  tokens seen, which a bottom-right causal rule would include.
+- Other mask patterns (packed sequences, chunked attention, image-token overlays, 4D masks given to the model):
+  refused.
+- While compiling (`torch.compile`), a 2D `attention_mask` cannot be checked without reading its values (a graph
+  break): pass `attention_mask=None` (unpadded inputs) to compiled forwards, and keep `use_cache=True`: without a
+  cache transformers treats the position ids as possibly packed sequences, a pattern refused above.
+- Dropout > 0 (training mode with `attention_dropout`), `output_attentions=True`, softcapping, attention sinks and
+  position biases: refused. There is no backward pass yet either (inputs requiring grad raise).
+
+`mask_id` at registration adds block sparsity on top (an approximation you choose): a tensor broadcastable to
+(B, Hq, ceil(Nq/128), ceil(Nk/64)) for every call, or a callable `(q_len, kv_len, device) -> mask_id`, e.g.
+`lambda nq, nk, device: union_mask(nq, nk, window=1024, sink=4, device=device)`, since prefill and decoding calls
+have different block grids.
+"""
+import torch
+
+from sparse_sageattn.torch.attention import sparse_sageattn
+
+__all__ = ["register", "sparse_sageattn_attention", "sparse_sageattn_mask"]
+
+# Keyword arguments some models pass to change attention in ways the kernel cannot do; any non-None value is refused.
+_UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias")
+
+
+def sparse_sageattn_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
+                         attention_mask=None, local_size=None, use_vmap=False, device="cpu", **kwargs):
+    """transformers' `AttentionMaskInterface` function: returns None when the kernel's rule is the model's mask
+    on every query that matters (see the module docstring), else raises a ValueError."""
+    from transformers.masking_utils import bidirectional_mask_function, causal_mask_function, sdpa_mask
+
+    if isinstance(q_offset, torch.Tensor):
+        raise ValueError("sparse_sageattn: static caches are not supported (their key buffers include unwritten "
+                         "slots); use the default DynamicCache")
+    if kv_offset + kv_length != q_offset + q_length:
+        raise ValueError(f"sparse_sageattn: keys at positions {kv_offset}..{kv_offset + kv_length - 1} do not end "
+                         f"at the last query (position {q_offset + q_length - 1}); the kernel's causal rule is "
+                         "bottom-right aligned")
+    if mask_function is causal_mask_function:
+        causal = True
+    elif mask_function is bidirectional_mask_function:
+        causal = False
+    elif local_size is not None:
+        causal = _windowed_pattern(q_length, kv_length, q_offset, kv_offset, mask_function, local_size, use_vmap,
+                                   device, sdpa_mask)
+    else:
+        hint = (" (while compiling without a cache transformers cannot rule out packed sequences: keep "
+                "use_cache=True)" if torch.compiler.is_compiling() else "")
+        raise ValueError("sparse_sageattn: this model's mask pattern (packed sequences, chunked attention or a "
+                         f"mask overlay) is not expressible by the kernel's causal rule{hint}")
+    if attention_mask is not None:
+        _check_padding(attention_mask[:, :kv_offset + kv_length], causal)
+    return None
+
+
+def _windowed_pattern(q_length, kv_length, q_offset, kv_offset, mask_function, window, use_vmap, device, sdpa_mask):
+    # A window is exact only while it cuts nothing: the oldest key given must be inside the last query's window.
+    if kv_offset <= q_offset + q_length - 1 - window:
+        raise ValueError(
+            f"sparse_sageattn: the sliding window ({window} tokens) cuts keys off (keys from position {kv_offset}, "
+            f"queries up to {q_offset + q_length - 1}); block masks would add up to 190 older keys per query. Use "
+            f"sequences of at most {window} tokens, decode with a DynamicCache, or another attn_implementation")
+    if torch.compiler.is_compiling():
+        raise ValueError("sparse_sageattn: sliding-window layers cannot be checked while compiling (the check "
+                         "reads the mask's values); run them uncompiled")
+    # The window cuts nothing, so the pattern should be plain causal (or full, for bidirectional windows); evaluate
+    # it on this call's grid (at most window x window) rather than trust the function's identity.
+    grid = dict(batch_size=1, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
+                allow_is_causal_skip=False, device=device)
+    pattern = sdpa_mask(mask_function=mask_function, use_vmap=use_vmap, **grid)
+    if pattern.all():
+        return False
+    from transformers.masking_utils import causal_mask_function
+
+    if torch.equal(pattern, sdpa_mask(mask_function=causal_mask_function, **grid)):
+        return True
+    raise ValueError("sparse_sageattn: this model's windowed mask pattern is neither causal nor full attention")
+
+
+def _check_padding(padding, causal):
+    if torch.compiler.is_compiling():
+        raise ValueError("sparse_sageattn: attention_mask can't be checked while compiling (it reads the mask's "
+                         "values); pass attention_mask=None (unpadded inputs) to compiled forwards")
+    if bool(padding.all()):
+        return
+    if not causal:
+        raise ValueError("sparse_sageattn: attention_mask has padding, and in bidirectional attention every query "
+                         "would see the pads; use unpadded batches (e.g. batch size 1)")
+    lengths = padding.sum(-1, keepdim=True)
+    right_padded = torch.arange(padding.shape[-1], device=padding.device) < lengths
+    if not torch.equal(padding, right_padded):
+        raise ValueError("sparse_sageattn: attention_mask has padding before real tokens (left padding, or a "
+                         "right-padded batch decoding with a cache); the kernel would let real tokens see those "
+                         "pads. Pad on the right for prefill / scoring, or use batch size 1")
+
+
+def sparse_sageattn_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                              mask_id=None, **kwargs):
+    """transformers' `AttentionInterface` function: query (B, Hq, Nq, D), key / value (B, Hkv, Nk, D) in, returns
+    (attn_output (B, Nq, Hq, D), None). GQA goes to the kernel as is (no repeat_kv)."""
+    if attention_mask is not None:
+        raise ValueError(
+            f"sparse_sageattn: attention_mask must be None here, got a {type(attention_mask).__name__}: a "
+            "precomputed (4D) mask, or a model that builds its own masks, cannot be expressed by the kernel; the "
+            "mask function registered by sparse_sageattn.torch.transformers.register() checks and drops 2D masks")
+    if dropout:
+        raise ValueError(f"sparse_sageattn: dropout={dropout} is not supported (inference only); call "
+                         "model.eval() or set attention_dropout=0")
+    if kwargs.get("output_attentions"):
+        raise ValueError("sparse_sageattn: output_attentions=True is not supported (the kernel never forms the "
+                         "attention weights); use attn_implementation='eager' for them")
+    for name in _UNSUPPORTED:
+        if kwargs.get(name) is not None:
+            raise ValueError(f"sparse_sageattn: {name} is not supported by the kernel")
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    if callable(mask_id):
+        mask_id = mask_id(query.shape[2], key.shape[2], query.device)
+    # (B, H, N, D) views in, read as NHD without a copy, so the output comes out (B, Nq, Hq, D) as transformers
+    # expects.
+    out = sparse_sageattn(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), mask_id=mask_id,
+                          is_causal=bool(is_causal), tensor_layout="NHD", sm_scale=scaling)
+    return out, None
+
+
+def register(name="sparse_sageattn", mask_id=None):
+    """Registers the attention function and its mask function under `name` in transformers' `AttentionInterface`
+    and `AttentionMaskInterface`, so `attn_implementation=name` works in `from_pretrained` / `from_config`.
+
+    Registering both matters: without a mask function transformers passes attention_mask=None and padding would be
+    dropped silently. `mask_id`: None (dense), a tensor, or a callable `(q_len, kv_len, device) -> mask_id`."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register: name must be a non-empty string, got {name!r}")
+    if mask_id is not None and not (callable(mask_id) or isinstance(mask_id, torch.Tensor)):
+        raise TypeError(f"register: mask_id must be None, a torch.Tensor or a callable, got {type(mask_id).__name__}")
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        return sparse_sageattn_attention(module, query, key, value, attention_mask, mask_id=mask_id, **kwargs)
+
+    AttentionInterface.register(name, attention)
+    AttentionMaskInterface.register(name, sparse_sageattn_mask)
