@@ -1,0 +1,233 @@
+"""HF transformers adapter: a tiny randomly initialised Llama (built from a config, no downloads) running
+attn_implementation="sparse_sageattn" in fp16 (CPU: the real kernels through the interpreter), checked per
+attention call against the float64 reference at the contract's bounds and end to end against an fp32 eager copy;
+prefill, a decode step with a KV cache, right padding accepted, and every refusal the adapter documents.
+
+The compiled forward (torch.compile(fullgraph=True)) is a GPU test: on CPU the interpreter launches the kernel
+directly, which fake tensors cannot trace.
+"""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers.masking_utils import (
+    and_masks, bidirectional_mask_function, causal_mask_function, sliding_window_bidirectional_mask_function,
+    sliding_window_causal_mask_function,
+)
+
+from sparse_sageattn.reference import COS_MIN, REL_L1_MAX, attention, cosine, rel_l1
+from sparse_sageattn.torch import union_mask
+from sparse_sageattn.torch.transformers import register, sparse_sageattn_attention, sparse_sageattn_mask
+
+# End-to-end bound on the logits. Each attention call meets the contract (cosine >= 0.9999, i.e. a relative error
+# of about sqrt(2 * 1e-4) = 1.4%); two layers add at most about 3% to the logits of this shallow model, a cosine
+# of about 0.9995. 0.999 leaves that margin twice over; a semantic error (wrong alignment, scale, head mapping)
+# moves the logits far more (checked per call below, where the non-causal result fails the contract's bound).
+LOGITS_COS_MIN = 0.999
+
+
+def recording(name, mask_id=None):
+    """Registers the adapter under `name`, wrapped to record each call's inputs and output."""
+    register(name, mask_id=mask_id)
+    adapter, calls = AttentionInterface()[name], []
+
+    def attention_fn(module, query, key, value, attention_mask, **kwargs):
+        out, weights = adapter(module, query, key, value, attention_mask, **kwargs)
+        calls.append((query, key, value, kwargs["scaling"], out))
+        return out, weights
+
+    AttentionInterface.register(name, attention_fn)
+    return calls
+
+
+def config(cls=LlamaConfig, **overrides):
+    # initializer_range 0.1 (not 0.02) makes the attention logits large enough that the softmax is far from
+    # uniform, so a wrong mask or alignment shows in the outputs.
+    return cls(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=64, max_position_embeddings=1024, initializer_range=0.1,
+               **overrides)
+
+
+def models(implementation, cfg=None, cls=LlamaForCausalLM):
+    """The fp16 model under test and an fp32 eager copy with the same weights (separate configs: from_config
+    writes the implementation into the config it is given)."""
+    cfg = config() if cfg is None else cfg
+    torch.manual_seed(0)
+    model = cls._from_config(copy.deepcopy(cfg), attn_implementation=implementation, dtype=torch.float16).eval()
+    eager = cls._from_config(copy.deepcopy(cfg), attn_implementation="eager", dtype=torch.float32).eval()
+    eager.load_state_dict(model.state_dict())
+    return model, eager
+
+
+def token_ids(batch, n, seed=1):
+    return torch.randint(0, 256, (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def logits_cosine(a, b):
+    return cosine(a.double().numpy(), b.double().numpy())
+
+
+def check_calls(calls, mask_id=None):
+    """Each recorded call against the float64 attention of the same q, k, v under is_causal=True (bottom-right)."""
+    assert calls
+    for query, key, value, scaling, out in calls:
+        q, k, v = (x.double().numpy() for x in (query, key, value))
+        got = out.double().numpy().transpose(0, 2, 1, 3)  # (B, Nq, Hq, D) -> HND
+        ref, _ = attention(q, k, v, None if mask_id is None else mask_id(q.shape[2], k.shape[2], "cpu").numpy(),
+                           is_causal=True, sm_scale=scaling)
+        assert cosine(got, ref) >= COS_MIN and rel_l1(got, ref) <= REL_L1_MAX
+        if q.shape[2] > 1:  # the bound tells causal from non-causal attention on these inputs
+            assert cosine(got, attention(q, k, v, sm_scale=scaling)[0]) < COS_MIN
+
+
+def test_prefill_matches_exact_attention_and_eager():
+    calls = recording("sparse_sageattn_prefill")
+    model, eager = models("sparse_sageattn_prefill")
+    ids = token_ids(2, 200)  # 2 query blocks, a partial key block, GQA 4:2, head dim 64
+    with torch.no_grad():
+        logits = model(ids).logits
+        assert logits_cosine(logits, eager(ids).logits) >= LOGITS_COS_MIN
+    assert len(calls) == 2 and all(c[4].shape == (2, 200, 4, 64) for c in calls)
+    check_calls(calls)
+
+
+def test_decode_step_with_kv_cache():
+    calls = recording("sparse_sageattn_decode")
+    model, eager = models("sparse_sageattn_decode")
+    ids = token_ids(1, 151)
+    with torch.no_grad():
+        cache = model(ids[:, :150]).past_key_values
+        eager_cache = eager(ids[:, :150]).past_key_values
+        del calls[:]
+        step = model(ids[:, 150:], cache=cache).logits  # Nq = 1 < Nk = 151
+        assert logits_cosine(step, eager(ids[:, 150:], cache=eager_cache).logits) >= LOGITS_COS_MIN
+    assert [tuple(c[1].shape) for c in calls] == [(1, 2, 151, 64)] * 2
+    check_calls(calls)
+
+
+def test_right_padding_is_exact_for_real_tokens():
+    register()
+    model, eager = models("sparse_sageattn")
+    ids, lengths = token_ids(2, 200), (200, 137)
+    mask = torch.arange(200)[None, :] < torch.tensor(lengths)[:, None]
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask.long()).logits
+        expected = eager(ids, attention_mask=mask.long()).logits
+    for row, n in enumerate(lengths):  # only real tokens: pad positions are meaningless in both
+        assert logits_cosine(logits[row, :n], expected[row, :n]) >= LOGITS_COS_MIN
+
+
+def test_block_mask_from_registration():
+    def window_and_sink(n_q, n_k, device):
+        return union_mask(n_q, n_k, window=64, sink=4, device=device)
+
+    calls = recording("sparse_sageattn_window", mask_id=window_and_sink)
+    model, _ = models("sparse_sageattn_window")
+    with torch.no_grad():
+        model(token_ids(1, 300))
+    check_calls(calls, mask_id=window_and_sink)
+
+
+def test_left_padding_refused():
+    register()
+    model, _ = models("sparse_sageattn")
+    mask = torch.ones(2, 50, dtype=torch.long)
+    mask[1, :7] = 0
+    with torch.no_grad(), pytest.raises(ValueError, match="padding before real tokens"):
+        model(token_ids(2, 50), attention_mask=mask)
+
+
+def test_model_level_refusals():
+    register()
+    model, _ = models("sparse_sageattn")
+    with torch.no_grad(), pytest.raises(ValueError, match="output_attentions"):
+        model(token_ids(1, 20), output_attentions=True)
+    mistral, _ = models("sparse_sageattn", config(MistralConfig, sliding_window=64), MistralForCausalLM)
+    with torch.no_grad(), pytest.raises(ValueError, match="sliding window \\(64 tokens\\) cuts keys off"):
+        mistral(token_ids(1, 100))
+
+
+def mask_args(**overrides):
+    args = dict(batch_size=2, q_length=10, kv_length=10, q_offset=0, kv_offset=0,
+                mask_function=causal_mask_function, attention_mask=None, device="cpu")
+    return {**args, **overrides}
+
+
+def padding(*rows):
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"attention_mask": padding([1] * 10, [1] * 10)},
+    {"attention_mask": padding([1] * 10, [1] * 6 + [0] * 4)},  # right padding
+    {"q_length": 1, "kv_length": 11, "q_offset": 10},  # decoding with a DynamicCache
+    {"mask_function": bidirectional_mask_function, "attention_mask": padding([1] * 10, [1] * 10)},
+    {"mask_function": sliding_window_causal_mask_function(10), "local_size": 10},  # the window cuts nothing
+    {"mask_function": sliding_window_bidirectional_mask_function(10), "local_size": 10},
+    # a full sliding DynamicCache: the window's last 3 keys and the new query
+    {"mask_function": sliding_window_causal_mask_function(4), "local_size": 4, "q_length": 1, "kv_length": 4,
+     "q_offset": 20, "kv_offset": 17},
+])
+def test_mask_function_accepts_what_the_kernel_does_exactly(overrides):
+    assert sparse_sageattn_mask(**mask_args(**overrides)) is None
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"attention_mask": padding([1] * 10, [0] * 3 + [1] * 7)}, "padding before real tokens"),
+    # a right-padded batch decoding: the new token comes after pads
+    ({"q_length": 1, "kv_length": 11, "q_offset": 10, "attention_mask": padding([1] * 11, [1] * 6 + [0] * 4 + [1])},
+     "padding before real tokens"),
+    ({"mask_function": bidirectional_mask_function, "attention_mask": padding([1] * 10, [1] * 6 + [0] * 4)},
+     "bidirectional"),
+    ({"q_offset": torch.tensor(0), "kv_length": 64}, "static caches"),
+    ({"kv_length": 64}, "do not end at the last query"),
+    ({"mask_function": sliding_window_causal_mask_function(4), "local_size": 4}, "cuts keys off"),
+    # a full sliding cache prefilling several queries: the first query's window would be exceeded by the later
+    ({"mask_function": sliding_window_causal_mask_function(4), "local_size": 4, "q_length": 3, "kv_length": 6,
+      "q_offset": 20, "kv_offset": 17}, "cuts keys off"),
+    ({"mask_function": and_masks(causal_mask_function, lambda b, h, q, kv: kv != 3), "local_size": 64},
+     "neither causal nor full"),
+    ({"mask_function": and_masks(causal_mask_function, lambda b, h, q, kv: kv != 3)}, "packed sequences"),
+])
+def test_mask_function_refusals(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        sparse_sageattn_mask(**mask_args(**overrides))
+
+
+class Module(torch.nn.Module):
+    is_causal = True
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"attention_mask": torch.zeros(1, 1, 8, 8)}, "attention_mask must be None"),
+    ({"dropout": 0.1}, "dropout"),
+    ({"output_attentions": True}, "output_attentions"),
+    ({"softcap": 30.0}, "softcap"),
+    ({"s_aux": torch.zeros(4)}, "s_aux"),
+])
+def test_attention_function_refusals(kwargs, match):
+    q, k = torch.zeros(1, 4, 8, 64, dtype=torch.float16), torch.zeros(1, 2, 8, 64, dtype=torch.float16)
+    kwargs = {"attention_mask": None, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        sparse_sageattn_attention(Module(), q, k, k, **kwargs)
+
+
+def test_register_arguments():
+    with pytest.raises(ValueError, match="name"):
+        register("")
+    with pytest.raises(TypeError, match="mask_id"):
+        register(mask_id=np.ones((1, 1), dtype=bool))
+
+
+def test_generate_runs_with_the_mask_generate_passes():
+    """generate() passes an all-ones 2D mask and a DynamicCache; greedy tokens of this seed match eager fp32 (a
+    smoke test of the path: the logits are checked above)."""
+    register()
+    model, eager = models("sparse_sageattn")
+    ids = token_ids(1, 20)
+    with torch.no_grad():
+        assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False),
+                           eager.generate(ids, max_new_tokens=4, do_sample=False))
