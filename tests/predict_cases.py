@@ -29,3 +29,19 @@ def forced_and_allowed(n_q, n_k, is_causal):
     diagonal = masks.sliding_window_mask(n_q, n_k, 1) | masks.sink_mask(n_q, n_k, 1)
     allowed = masks.causal_mask(n_q, n_k) if is_causal else np.ones_like(diagonal)
     return diagonal & allowed, allowed
+
+
+def local_global(seed, batch, heads, n, head_dim, sink=16, strength=1.7, noise=0.5):
+    """Synthetic inputs with real attention structure (not a model): local -- q_i and k_j share a positional
+    code whose dot product sum_m cos(w_m (i - j)) peaks at i == j and fades over tens to thousands of positions
+    (wavelengths 64..4096) -- and global -- every query shares a direction with the first `sink` keys."""
+    rng = np.random.default_rng(seed)
+    omegas = 2 * np.pi / np.geomspace(4096, 64, head_dim // 2)
+    angles = np.arange(n)[:, None] * omegas[None, :]
+    code = strength * np.concatenate([np.cos(angles), np.sin(angles)], axis=1)
+    shared = 0.8 * rng.standard_normal(head_dim)
+    q = code + noise * rng.standard_normal((batch, heads, n, head_dim)) + shared
+    k = code + noise * rng.standard_normal((batch, heads, n, head_dim))
+    k[:, :, :sink] += 2 * shared
+    v = rng.standard_normal((batch, heads, n, head_dim))
+    return [x.astype(np.float16) for x in (q, k, v)]
