@@ -140,6 +140,7 @@ def main():
                              layout="NHD", dtype="float16", causal=True, mask_density=0.5),
                   rows=rows)
     out_dir = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "results")
+    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"multi_gpu-{result['gpu'].replace(' ', '_')}x{world}-{result['date']}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=1)
