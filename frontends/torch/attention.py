@@ -31,6 +31,21 @@ def _plan(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return
                      tensor_layout, sm_scale, smooth_k, return_lse, capability)
 
 
+def check_inputs(op: str, tensors: dict, validate_call):
+    """TypeError unless every argument is a tensor; outside compilation, the plan's validation and the device
+    check (CPU tensors need the interpreter). Raised before any launch."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if not torch.compiler.is_compiling():
+        validate_call()
+        if tensors["q"].device.type == "cpu" and not INTERPRETED:
+            raise RuntimeError(
+                f"{op}: the kernels run on CUDA tensors; CPU tensors run only through the Triton "
+                "interpreter: set TRITON_INTERPRET=1 before importing sparse_sageattn"
+            )
+
+
 def execute(plan, arrays: dict, device) -> dict:
     """Allocate plan.buffers on `device` and launch plan.launches in order; returns `arrays` with the buffers."""
     arrays = dict(arrays)
@@ -78,17 +93,9 @@ def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND",
       Inputs are never modified.
     """
     tensors = {"q": q, "k": k, "v": v} if mask_id is None else {"q": q, "k": k, "v": v, "mask_id": mask_id}
-    for name, t in tensors.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"sparse_sageattn: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if not torch.compiler.is_compiling():
-        validate(_desc(q), _desc(k), _desc(v), None if mask_id is None else _desc(mask_id), is_causal,
-                 tensor_layout, sm_scale, smooth_k, return_lse)
-        if q.device.type == "cpu" and not INTERPRETED:
-            raise RuntimeError(
-                "sparse_sageattn: the kernels run on CUDA tensors; CPU tensors run only through the Triton "
-                "interpreter: set TRITON_INTERPRET=1 before importing sparse_sageattn"
-            )
+    check_inputs("sparse_sageattn", tensors, lambda: validate(
+        _desc(q), _desc(k), _desc(v), None if mask_id is None else _desc(mask_id), is_causal, tensor_layout,
+        sm_scale, smooth_k, return_lse))
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         raise NotImplementedError(
             "sparse_sageattn: the backward pass is not available yet; q, k and v must not require grad "

@@ -6,9 +6,9 @@ Registered as the custom op `sparse_sageattn::predict_mask` (a `torch.library.tr
 import torch
 from torch.library import triton_op
 
-from sparse_sageattn.core_kernels import INTERPRETED, make_predict_plan, validate_predict
+from sparse_sageattn.core_kernels import make_predict_plan, validate_predict
 
-from .attention import _desc, execute
+from .attention import _desc, check_inputs, execute
 
 
 @triton_op("sparse_sageattn::predict_mask", mutates_args=())
@@ -36,16 +36,8 @@ def predict_mask(q, k, *, cdf_threshold=None, topk=None, is_causal=False, tensor
     Returns:
       int8 (B, Hq, ceil(Nq/128), ceil(Nk/64)) on q's device, 1 = compute the block: a `mask_id`.
     """
-    for name, t in (("q", q), ("k", k)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"predict_mask: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if not torch.compiler.is_compiling():
-        validate_predict(_desc(q), _desc(k), cdf_threshold, topk, is_causal, tensor_layout, sm_scale)
-        if q.device.type == "cpu" and not INTERPRETED:
-            raise RuntimeError(
-                "predict_mask: the kernels run on CUDA tensors; CPU tensors run only through the Triton "
-                "interpreter: set TRITON_INTERPRET=1 before importing sparse_sageattn"
-            )
+    check_inputs("predict_mask", {"q": q, "k": k}, lambda: validate_predict(
+        _desc(q), _desc(k), cdf_threshold, topk, is_causal, tensor_layout, sm_scale))
     as_float = (lambda x: None if x is None else float(x))
     # A mask is not differentiable: detach so that inputs requiring grad need no autograd rule.
     return _predict(q.detach(), k.detach(), as_float(cdf_threshold), as_float(topk), is_causal, tensor_layout,

@@ -1,8 +1,6 @@
 """predict_mask (JAX) on its pure-JAX path (what every non-CUDA backend runs) against the float64 selection
 rule, the same cases as the torch tests; plus jit, vmap, grad and errors. The CUDA path is compiled by
 test_lowering.py and compared bitwise with torch in tests/parity (GPU)."""
-import importlib.util
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +10,7 @@ import pytest
 from sparse_sageattn.jax import predict_mask
 from sparse_sageattn.reference import predicted_mask
 
-_spec = importlib.util.spec_from_file_location("predict_cases", Path(__file__).parents[1] / "predict_cases.py")
-cases = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cases)
+import predict_cases as cases  # noqa: E402
 CASES, MIN_MARGIN, forced_and_allowed, structured = (cases.CASES, cases.MIN_MARGIN, cases.forced_and_allowed,
                                                      cases.structured)
 

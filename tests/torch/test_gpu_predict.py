@@ -3,8 +3,6 @@ predicted mask on inputs with structure, torch.compile, determinism.
 
     python -m pytest -q tests/torch/test_gpu_predict.py -m gpu -s     (-s prints the densities chosen)
 """
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +12,7 @@ from sparse_sageattn import masks, sparse_sageattn
 from sparse_sageattn.reference import attention, cosine, predicted_mask, rel_l1
 from sparse_sageattn.torch import predict_mask
 
-_spec = importlib.util.spec_from_file_location("predict_cases", Path(__file__).parents[1] / "predict_cases.py")
-cases = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cases)
+import predict_cases as cases  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

@@ -7,10 +7,12 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from sparse_sageattn.reference import COS_MIN, REL_L1_MAX, attention, cosine, rel_l1
 from sparse_sageattn.torch.transformers import register
+
+from hf_cases import recording
 
 pytestmark = pytest.mark.gpu
 
@@ -18,15 +20,7 @@ LOGITS_COS_MIN = 0.999  # the CPU test's bound and reasoning (tests/torch/test_t
 
 
 def models(name):
-    register(name)
-    adapter, calls = AttentionInterface()[name], []
-
-    def recording(module, query, key, value, attention_mask, **kwargs):
-        out, weights = adapter(module, query, key, value, attention_mask, **kwargs)
-        calls.append((query, key, value, kwargs["scaling"], out))
-        return out, weights
-
-    AttentionInterface.register(name, recording)
+    calls = recording(name)
     cfg = LlamaConfig(vocab_size=1024, hidden_size=1024, intermediate_size=2048, num_hidden_layers=4,
                       num_attention_heads=16, num_key_value_heads=4, head_dim=128, max_position_embeddings=4096,
                       initializer_range=0.05)

@@ -5,8 +5,6 @@ only meaningful where no decision sits within fp32 rounding of flipping: inputs 
 a random vector plus noise, so pooled scores are well spread) and every comparison asserts the reference's
 margin first -- deterministic seeds, so nothing here can be flaky.
 """
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +15,7 @@ from sparse_sageattn.core_kernels import ArrayDesc, validate_predict
 from sparse_sageattn.reference import assert_close, attention, predicted_mask
 from sparse_sageattn.torch import predict_mask
 
-_spec = importlib.util.spec_from_file_location("predict_cases", Path(__file__).parents[1] / "predict_cases.py")
-cases = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cases)
+import predict_cases as cases  # noqa: E402
 CASES, MIN_MARGIN, forced_and_allowed, structured = (cases.CASES, cases.MIN_MARGIN, cases.forced_and_allowed,
                                                      cases.structured)
 

@@ -11,7 +11,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 from transformers.masking_utils import (
     and_masks, bidirectional_mask_function, causal_mask_function, sliding_window_bidirectional_mask_function,
     sliding_window_causal_mask_function,
@@ -21,25 +21,13 @@ from sparse_sageattn.reference import COS_MIN, REL_L1_MAX, attention, cosine, re
 from sparse_sageattn.torch import union_mask
 from sparse_sageattn.torch.transformers import register, sparse_sageattn_attention, sparse_sageattn_mask
 
+from hf_cases import recording
+
 # End-to-end bound on the logits. Each attention call meets the contract (cosine >= 0.9999, i.e. a relative error
 # of about sqrt(2 * 1e-4) = 1.4%); two layers add at most about 3% to the logits of this shallow model, a cosine
 # of about 0.9995. 0.999 leaves that margin twice over; a semantic error (wrong alignment, scale, head mapping)
 # moves the logits far more (checked per call below, where the non-causal result fails the contract's bound).
 LOGITS_COS_MIN = 0.999
-
-
-def recording(name, mask_id=None):
-    """Registers the adapter under `name`, wrapped to record each call's inputs and output."""
-    register(name, mask_id=mask_id)
-    adapter, calls = AttentionInterface()[name], []
-
-    def attention_fn(module, query, key, value, attention_mask, **kwargs):
-        out, weights = adapter(module, query, key, value, attention_mask, **kwargs)
-        calls.append((query, key, value, kwargs["scaling"], out))
-        return out, weights
-
-    AttentionInterface.register(name, attention_fn)
-    return calls
 
 
 def config(cls=LlamaConfig, **overrides):

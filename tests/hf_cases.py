@@ -1,0 +1,18 @@
+"""Shared by the CPU and GPU tests of the HF transformers adapter."""
+from transformers import AttentionInterface
+
+from sparse_sageattn.torch.transformers import register
+
+
+def recording(name, mask_id=None):
+    """Registers the adapter under `name`, wrapped to record each call's (query, key, value, scaling, output)."""
+    register(name, mask_id=mask_id)
+    adapter, calls = AttentionInterface()[name], []
+
+    def attention_fn(module, query, key, value, attention_mask, **kwargs):
+        out, weights = adapter(module, query, key, value, attention_mask, **kwargs)
+        calls.append((query, key, value, kwargs["scaling"], out))
+        return out, weights
+
+    AttentionInterface.register(name, attention_fn)
+    return calls
