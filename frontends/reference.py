@@ -85,10 +85,11 @@ def assert_close(out, lse, ref_out, ref_lse, tensor_layout="HND"):
 def predicted_mask(q, k, cdf_threshold=None, topk=None, is_causal=False, tensor_layout="HND", sm_scale=None):
     """The predict_mask selection rule in float64 (core_kernels/predict.py states it), by sorting.
 
-    Returns (mask, margin): bool (B, Hq, Qb, Kb), and how far the closest decision was from flipping -- the
-    smallest, over rows, of |mass before a rank - cdf_threshold| and of the relative probability gap between the
-    last kept and the first dropped block (ranking decisions only; forced blocks are added after). Kernels
-    computing in fp32 must agree with the mask where the margin is well above fp32 rounding (1e-4, say).
+    Returns (mask, margin): bool (B, Hq, Qb, Kb), and float64 (B, Hq, Qb): how far each query block's closest
+    decision was from flipping -- the smaller of |mass before a rank - cdf_threshold| and of the relative
+    probability gap between the last kept and the first dropped block (ranking decisions only, inf where none;
+    forced blocks are added after). Kernels computing in fp32 must agree with the mask on the rows whose margin
+    is well above fp32 rounding (1e-4, say).
     """
     q, k = to_bhnd(q, tensor_layout), to_bhnd(k, tensor_layout)
     batch, heads_q, n_q, head_dim = q.shape
@@ -113,7 +114,7 @@ def predicted_mask(q, k, cdf_threshold=None, topk=None, is_causal=False, tensor_
     forced = candidate & (diagonal | (first_key == 0)[None, :])
 
     mask = np.zeros((batch, heads_q, n_qb, n_kb), bool)
-    margin = np.inf
+    margin = np.full((batch, heads_q, n_qb), np.inf)
     for b, h, i in np.ndindex(batch, heads_q, n_qb):
         cols = np.flatnonzero(candidate[i])
         if cols.size == 0:
@@ -128,8 +129,8 @@ def predicted_mask(q, k, cdf_threshold=None, topk=None, is_causal=False, tensor_
         else:
             before = np.concatenate(([0.0], np.cumsum(ranked)[:-1]))
             n_keep = int(np.sum(before < cdf_threshold))
-            margin = min(margin, np.abs(before - cdf_threshold).min())
+            margin[b, h, i] = np.abs(before - cdf_threshold).min()
         if 0 < n_keep < cols.size:
-            margin = min(margin, (ranked[n_keep - 1] - ranked[n_keep]) / ranked[n_keep - 1])
+            margin[b, h, i] = min(margin[b, h, i], (ranked[n_keep - 1] - ranked[n_keep]) / ranked[n_keep - 1])
         mask[b, h, i, cols[order[:n_keep]]] = True
     return mask | forced, margin

@@ -25,10 +25,17 @@ def _capability(device_index: int):
     return torch.cuda.get_device_capability(device_index)
 
 
+_cached_plan = functools.lru_cache(maxsize=256)(make_plan)
+
+
 def _plan(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse):
     capability = None if q.device.type != "cuda" or INTERPRETED else _capability(q.device.index)
-    return make_plan(_desc(q), _desc(k), _desc(v), None if mask_id is None else _desc(mask_id), is_causal,
-                     tensor_layout, sm_scale, smooth_k, return_lse, capability)
+    descs = (_desc(q), _desc(k), _desc(v), None if mask_id is None else _desc(mask_id))
+    # Eager calls repeat their shapes: reuse the plan (host time per call). Traced shapes are SymInts, which
+    # neither hash nor repeat.
+    static = all(type(n) is int for d in descs if d is not None for n in d.shape + d.strides)
+    return (_cached_plan if static else make_plan)(*descs, is_causal, tensor_layout, sm_scale, smooth_k, return_lse,
+                                                   capability)
 
 
 def check_inputs(op: str, tensors: dict, validate_call):

@@ -30,7 +30,7 @@ def test_matches_reference(case, dtype):
     k = structured(n_k, 2, heads_kv, n_k, 64, 64, layout).astype(dtype)
     mask = np.asarray(predict_mask(*on_cpu(q, k), tensor_layout=layout, **options))
     ref, margin = predicted_mask(q, k, tensor_layout=layout, **options)
-    assert margin > MIN_MARGIN
+    assert margin.min() > MIN_MARGIN
     assert mask.dtype == np.int8
     np.testing.assert_array_equal(mask.astype(bool), ref)
 

@@ -27,8 +27,12 @@ def test_real_size_matches_reference(options):
     q = cases.structured(1, 1, 4, n, 128, 128)
     k = cases.structured(2, 1, 2, n, 128, 64)
     ref, margin = predicted_mask(q, k, **options)
-    assert margin > cases.MIN_MARGIN
-    np.testing.assert_array_equal(predict_mask(*cuda(q, k), **options).cpu().numpy().astype(bool), ref)
+    # At 128 key blocks a row's gaps shrink with 1/Kb and a few rows (6 and 1 of 256 here) decide within fp32
+    # rounding of the threshold: those may legitimately differ. Every other row must match bit for bit.
+    decided = margin > cases.MIN_MARGIN
+    assert decided.mean() >= 0.95, "the inputs leave too many decisions within rounding: choose others"
+    got = predict_mask(*cuda(q, k), **options).cpu().numpy().astype(bool)
+    np.testing.assert_array_equal(got[decided], ref[decided])
 
 
 # (is_causal, options, minimum cosine to dense attention, maximum density among the blocks causality allows).

@@ -31,7 +31,7 @@ def test_matches_reference(device, case):
     k = structured(n_k, 2, heads_kv, n_k, 64, 64, layout)
     mask = run(q, k, device, tensor_layout=layout, **options)
     ref, margin = predicted_mask(q, k, tensor_layout=layout, **options)
-    assert margin > MIN_MARGIN, "the inputs leave a decision within rounding: choose others"
+    assert margin.min() > MIN_MARGIN, "the inputs leave a decision within rounding: choose others"
     assert mask.dtype == np.int8 and mask.shape == ref.shape
     np.testing.assert_array_equal(mask.astype(bool), ref)
     assert 0 < ref.mean() < 1  # the case does select

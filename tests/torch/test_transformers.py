@@ -1,6 +1,7 @@
 """HF transformers adapter: a tiny randomly initialised Llama (built from a config, no downloads) running
 attn_implementation="sparse_sageattn" in fp16 (CPU: the real kernels through the interpreter), checked per
-attention call against the float64 reference at the contract's bounds and end to end against an fp32 eager copy;
+attention call against the float64 reference at the contract's bounds and end to end against an fp32 eager copy
+(on a GPU machine the same tests run on CUDA);
 prefill, a decode step with a KV cache, right padding accepted, and every refusal the adapter documents.
 
 The compiled forward (torch.compile(fullgraph=True)) is a GPU test: on CPU the interpreter launches the kernel
@@ -38,31 +39,31 @@ def config(cls=LlamaConfig, **overrides):
                **overrides)
 
 
-def models(implementation, cfg=None, cls=LlamaForCausalLM):
+def models(implementation, device, cfg=None, cls=LlamaForCausalLM):
     """The fp16 model under test and an fp32 eager copy with the same weights (separate configs: from_config
     writes the implementation into the config it is given)."""
     cfg = config() if cfg is None else cfg
     torch.manual_seed(0)
-    model = cls._from_config(copy.deepcopy(cfg), attn_implementation=implementation, dtype=torch.float16).eval()
-    eager = cls._from_config(copy.deepcopy(cfg), attn_implementation="eager", dtype=torch.float32).eval()
+    model = cls._from_config(copy.deepcopy(cfg), attn_implementation=implementation, dtype=torch.float16)
+    eager = cls._from_config(copy.deepcopy(cfg), attn_implementation="eager", dtype=torch.float32)
     eager.load_state_dict(model.state_dict())
-    return model, eager
+    return model.to(device).eval(), eager.to(device).eval()
 
 
-def token_ids(batch, n, seed=1):
-    return torch.randint(0, 256, (batch, n), generator=torch.Generator().manual_seed(seed))
+def token_ids(batch, n, device, seed=1):
+    return torch.randint(0, 256, (batch, n), generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def logits_cosine(a, b):
-    return cosine(a.double().numpy(), b.double().numpy())
+    return cosine(a.double().cpu().numpy(), b.double().cpu().numpy())
 
 
 def check_calls(calls, mask_id=None):
     """Each recorded call against the float64 attention of the same q, k, v under is_causal=True (bottom-right)."""
     assert calls
     for query, key, value, scaling, out in calls:
-        q, k, v = (x.double().numpy() for x in (query, key, value))
-        got = out.double().numpy().transpose(0, 2, 1, 3)  # (B, Nq, Hq, D) -> HND
+        q, k, v = (x.double().cpu().numpy() for x in (query, key, value))
+        got = out.double().cpu().numpy().transpose(0, 2, 1, 3)  # (B, Nq, Hq, D) -> HND
         ref, _ = attention(q, k, v, None if mask_id is None else mask_id(q.shape[2], k.shape[2], "cpu").numpy(),
                            is_causal=True, sm_scale=scaling)
         assert cosine(got, ref) >= COS_MIN and rel_l1(got, ref) <= REL_L1_MAX
@@ -70,10 +71,10 @@ def check_calls(calls, mask_id=None):
             assert cosine(got, attention(q, k, v, sm_scale=scaling)[0]) < COS_MIN
 
 
-def test_prefill_matches_exact_attention_and_eager():
+def test_prefill_matches_exact_attention_and_eager(device):
     calls = recording("sparse_sageattn_prefill")
-    model, eager = models("sparse_sageattn_prefill")
-    ids = token_ids(2, 200)  # 2 query blocks, a partial key block, GQA 4:2, head dim 64
+    model, eager = models("sparse_sageattn_prefill", device)
+    ids = token_ids(2, 200, device)  # 2 query blocks, a partial key block, GQA 4:2, head dim 64
     with torch.no_grad():
         logits = model(ids).logits
         assert logits_cosine(logits, eager(ids).logits) >= LOGITS_COS_MIN
@@ -81,10 +82,10 @@ def test_prefill_matches_exact_attention_and_eager():
     check_calls(calls)
 
 
-def test_decode_step_with_kv_cache():
+def test_decode_step_with_kv_cache(device):
     calls = recording("sparse_sageattn_decode")
-    model, eager = models("sparse_sageattn_decode")
-    ids = token_ids(1, 151)
+    model, eager = models("sparse_sageattn_decode", device)
+    ids = token_ids(1, 151, device)
     with torch.no_grad():
         cache = model(ids[:, :150]).past_key_values
         eager_cache = eager(ids[:, :150]).past_key_values
@@ -95,11 +96,11 @@ def test_decode_step_with_kv_cache():
     check_calls(calls)
 
 
-def test_right_padding_is_exact_for_real_tokens():
+def test_right_padding_is_exact_for_real_tokens(device):
     register()
-    model, eager = models("sparse_sageattn")
-    ids, lengths = token_ids(2, 200), (200, 137)
-    mask = torch.arange(200)[None, :] < torch.tensor(lengths)[:, None]
+    model, eager = models("sparse_sageattn", device)
+    ids, lengths = token_ids(2, 200, device), (200, 137)
+    mask = (torch.arange(200)[None, :] < torch.tensor(lengths)[:, None]).to(device)
     with torch.no_grad():
         logits = model(ids, attention_mask=mask.long()).logits
         expected = eager(ids, attention_mask=mask.long()).logits
@@ -107,34 +108,34 @@ def test_right_padding_is_exact_for_real_tokens():
         assert logits_cosine(logits[row, :n], expected[row, :n]) >= LOGITS_COS_MIN
 
 
-def test_block_mask_from_registration():
+def test_block_mask_from_registration(device):
     def window_and_sink(n_q, n_k, device):
         return union_mask(n_q, n_k, window=64, sink=4, device=device)
 
     calls = recording("sparse_sageattn_window", mask_id=window_and_sink)
-    model, _ = models("sparse_sageattn_window")
+    model, _ = models("sparse_sageattn_window", device)
     with torch.no_grad():
-        model(token_ids(1, 300))
+        model(token_ids(1, 300, device))
     check_calls(calls, mask_id=window_and_sink)
 
 
-def test_left_padding_refused():
+def test_left_padding_refused(device):
     register()
-    model, _ = models("sparse_sageattn")
+    model, _ = models("sparse_sageattn", device)
     mask = torch.ones(2, 50, dtype=torch.long)
     mask[1, :7] = 0
     with torch.no_grad(), pytest.raises(ValueError, match="padding before real tokens"):
-        model(token_ids(2, 50), attention_mask=mask)
+        model(token_ids(2, 50, device), attention_mask=mask.to(device))
 
 
-def test_model_level_refusals():
+def test_model_level_refusals(device):
     register()
-    model, _ = models("sparse_sageattn")
+    model, _ = models("sparse_sageattn", device)
     with torch.no_grad(), pytest.raises(ValueError, match="output_attentions"):
-        model(token_ids(1, 20), output_attentions=True)
-    mistral, _ = models("sparse_sageattn", config(MistralConfig, sliding_window=64), MistralForCausalLM)
+        model(token_ids(1, 20, device), output_attentions=True)
+    mistral, _ = models("sparse_sageattn", device, config(MistralConfig, sliding_window=64), MistralForCausalLM)
     with torch.no_grad(), pytest.raises(ValueError, match="sliding window \\(64 tokens\\) cuts keys off"):
-        mistral(token_ids(1, 100))
+        mistral(token_ids(1, 100, device))
 
 
 def mask_args(**overrides):
@@ -210,12 +211,12 @@ def test_register_arguments():
         register(mask_id=np.ones((1, 1), dtype=bool))
 
 
-def test_generate_runs_with_the_mask_generate_passes():
+def test_generate_runs_with_the_mask_generate_passes(device):
     """generate() passes an all-ones 2D mask and a DynamicCache; greedy tokens of this seed match eager fp32 (a
     smoke test of the path: the logits are checked above)."""
     register()
-    model, eager = models("sparse_sageattn")
-    ids = token_ids(1, 20)
+    model, eager = models("sparse_sageattn", device)
+    ids = token_ids(1, 20, device)
     with torch.no_grad():
         assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False),
                            eager.generate(ids, max_new_tokens=4, do_sample=False))
