@@ -1,4 +1,6 @@
 """Shared by the CPU and GPU tests of the HF transformers adapter."""
+import inspect
+
 from transformers import AttentionInterface
 
 from sparse_sageattn.torch.transformers import register
@@ -16,3 +18,10 @@ def recording(name, mask_id=None):
 
     AttentionInterface.register(name, attention_fn)
     return calls
+
+
+def with_cache(model, cache):
+    """The keyword that passes a KV cache to model(...): `cache` in transformers 5.x, `past_key_values` before (an
+    unknown keyword is swallowed silently, and the step would run without the cache)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}

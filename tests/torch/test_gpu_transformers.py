@@ -18,7 +18,7 @@ from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
 from sparse_sageattn.reference import COS_MIN, REL_L1_MAX, attention, cosine, rel_l1
 from sparse_sageattn.torch.transformers import register
 
-from hf_cases import recording
+from hf_cases import recording, with_cache
 
 pytestmark = pytest.mark.gpu
 
@@ -69,9 +69,11 @@ def test_prefill_decode_and_compiled_forward():
         check_calls(calls)
         assert logits_cosine(out.logits, eager_out.logits) >= LOGITS_COS_MIN
         del calls[:]
-        step = model(ids[:, 2048:], cache=out.past_key_values).logits
+        step = model(ids[:, 2048:], **with_cache(model, out.past_key_values)).logits
+        assert [tuple(c[1].shape) for c in calls] == [(2, 4, 2049, 128)] * 4  # one query, the cached keys
         check_calls(calls)
-        assert logits_cosine(step, eager(ids[:, 2048:], cache=eager_out.past_key_values).logits) >= LOGITS_COS_MIN
+        expected = eager(ids[:, 2048:], **with_cache(eager, eager_out.past_key_values)).logits
+        assert logits_cosine(step, expected) >= LOGITS_COS_MIN
 
         register("sparse_sageattn_gpu")  # the plain adapter again: compile what users run
         compiled = torch.compile(model, fullgraph=True)  # a graph break raises

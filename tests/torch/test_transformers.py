@@ -22,7 +22,7 @@ from sparse_sageattn.reference import COS_MIN, REL_L1_MAX, attention, cosine, re
 from sparse_sageattn.torch import union_mask
 from sparse_sageattn.torch.transformers import register, sparse_sageattn_attention, sparse_sageattn_mask
 
-from hf_cases import recording
+from hf_cases import recording, with_cache
 
 # End-to-end bound on the logits. Each attention call meets the contract (cosine >= 0.9999, i.e. a relative error
 # of about sqrt(2 * 1e-4) = 1.4%); two layers add at most about 3% to the logits of this shallow model, a cosine
@@ -90,8 +90,8 @@ def test_decode_step_with_kv_cache(device):
         cache = model(ids[:, :150]).past_key_values
         eager_cache = eager(ids[:, :150]).past_key_values
         del calls[:]
-        step = model(ids[:, 150:], cache=cache).logits  # Nq = 1 < Nk = 151
-        assert logits_cosine(step, eager(ids[:, 150:], cache=eager_cache).logits) >= LOGITS_COS_MIN
+        step = model(ids[:, 150:], **with_cache(model, cache)).logits  # Nq = 1 < Nk = 151
+        assert logits_cosine(step, eager(ids[:, 150:], **with_cache(eager, eager_cache)).logits) >= LOGITS_COS_MIN
     assert [tuple(c[1].shape) for c in calls] == [(1, 2, 151, 64)] * 2
     check_calls(calls)
 
