@@ -269,6 +269,33 @@ def estimate_total(configs):
 
 # ---- measuring (needs torch; CUDA for real numbers) ----------------------------------------------------------------
 
+def environment(torch, triton, device):
+    """GPU name, driver and package versions for a results file."""
+    from importlib import metadata
+
+    info = dict(python=platform.python_version(), torch=torch.__version__, triton=triton.__version__,
+                numpy=np.__version__, device=device)
+    for dist in ("jax", "jaxlib", "jax-triton", "sageattention"):
+        try:
+            info[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            info[dist] = None
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
+                    memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
+        try:
+            info["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            info["driver"] = None
+    else:
+        info.update(gpu=f"CPU ({platform.machine()})", driver=None)
+    return info
+
+
 class Bench:
     """Runs the configurations on one device and appends records. All framework imports happen here."""
 
@@ -320,30 +347,7 @@ class Bench:
         self.sageattn = sageattn
 
     def versions(self):
-        from importlib import metadata
-
-        torch = self.torch
-        info = dict(python=platform.python_version(), torch=torch.__version__, triton=self.triton.__version__,
-                    numpy=np.__version__, device=self.device)
-        for dist in ("jax", "jaxlib", "jax-triton", "sageattention"):
-            try:
-                info[dist] = metadata.version(dist)
-            except metadata.PackageNotFoundError:
-                info[dist] = None
-        if self.cuda:
-            props = torch.cuda.get_device_properties(0)
-            info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", sm_count=props.multi_processor_count,
-                        memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                        cudnn=torch.backends.cudnn.version())
-            try:
-                info["driver"] = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                    capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
-            except (OSError, subprocess.SubprocessError, IndexError):
-                info["driver"] = None
-        else:
-            info.update(gpu=f"CPU ({platform.machine()})", driver=None)
-        return info
+        return environment(self.torch, self.triton, self.device)
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def sync(self):
