@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sparse_sageattn.reference import COS_MIN
-
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -21,5 +19,7 @@ def test_smoke_run(tmp_path):
     assert len(data["records"]) == 6  # 1 length x causal or not x 3 options
     for r in data["records"]:
         assert 0 < r["density"] < 1  # the structured inputs let every option drop blocks
-        assert r["dense_cosine"] >= COS_MIN
+        # the reference and the kernel compare the same rows and heads (a mix-up gives a cosine far below); these
+        # sharp structured inputs are not the contract's normal inputs, so its bound (COS_MIN) is not the test
+        assert r["dense_cosine"] > 0.999
         assert 0.9 < r["cosine"] < 1  # a prediction that keeps the structure: close to dense, not equal
