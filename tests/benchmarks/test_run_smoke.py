@@ -1,6 +1,7 @@
-"""benchmarks/run.py --smoke end to end in a child process (on CPU: the Triton interpreter, JAX's CPU path and
-compiled FlexAttention): every system's plumbing, the kernel breakdown, and FlexAttention's BlockMask computing the
-same attention as sparse_sageattn's mask (causal and not) against the float64 reference."""
+"""The benchmark scripts' --smoke runs end to end in a child process (on CPU: the Triton interpreter, JAX's CPU
+path and compiled FlexAttention). run.py: every system's plumbing, the kernel breakdown, and FlexAttention's
+BlockMask computing the same attention as sparse_sageattn's mask (causal and not) against the float64 reference.
+predict.py: the predicted-mask benchmark's plumbing, and records that say what they measured."""
 import json
 import os
 import subprocess
@@ -10,12 +11,17 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def test_smoke_run(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH_DIR / "run.py"), "--smoke", "--out", str(tmp_path)],
+def smoke_results(script, tmp_path, pattern="*.json"):
+    """Runs benchmarks/<script> --smoke --out tmp_path and returns its one results file, parsed."""
+    proc = subprocess.run([sys.executable, str(BENCH_DIR / script), "--smoke", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env=dict(os.environ))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (path,) = tmp_path.glob("*.json")
-    data = json.loads(path.read_text())
+    (path,) = tmp_path.glob(pattern)
+    return path, json.loads(path.read_text())
+
+
+def test_run_smoke(tmp_path):
+    path, data = smoke_results("run.py", tmp_path)
     records = {(r["density"], r["causal"], r["system"]): r for r in data["records"]}
     for density in (1.0, 0.5):
         for causal in (False, True):
@@ -29,3 +35,15 @@ def test_smoke_run(tmp_path):
     assert records[(0.5, True, "sparse_sageattn")]["live_fraction"] < 0.5
     report = subprocess.run([sys.executable, str(BENCH_DIR / "report.py"), str(path)], capture_output=True, text=True)
     assert report.returncode == 0 and "Accuracy" in report.stdout and ": PASS" in report.stdout
+
+
+def test_predict_smoke(tmp_path):
+    _, data = smoke_results("predict.py", tmp_path, "*-predict.json")
+    assert data["meta"]["inputs"].startswith("tests/predict_cases.py local_global")
+    assert len(data["records"]) == 6  # 1 length x causal or not x 3 options
+    for r in data["records"]:
+        assert 0 < r["density"] < 1  # the structured inputs let every option drop blocks
+        # the reference and the kernel compare the same rows and heads (a mix-up gives a cosine far below); these
+        # sharp structured inputs are not the contract's normal inputs, so its bound (COS_MIN) is not the test
+        assert r["dense_cosine"] > 0.999
+        assert 0.9 < r["cosine"] < 1  # a prediction that keeps the structure: close to dense, not equal
