@@ -10,13 +10,9 @@ from sparse_sageattn import masks as np_masks
 from sparse_sageattn import jax as sj
 from sparse_sageattn.reference import assert_close, attention
 
+from mask_cases import BUILDERS
+
 CPU = jax.devices("cpu")[0]
-BUILDERS = [
-    ("causal_mask", (300, 700), {}),
-    ("sliding_window_mask", (700, 300, 100), {"lookahead": 37}),
-    ("sink_mask", (300, 300, 130), {"global_queries": True}),
-    ("union_mask", (1000, 1000), {"window": 256, "sink": 4}),
-]
 
 
 @pytest.mark.parametrize("name,args,kwargs", BUILDERS, ids=[b[0] for b in BUILDERS])

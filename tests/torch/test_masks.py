@@ -10,12 +10,8 @@ from sparse_sageattn import sparse_sageattn
 from sparse_sageattn import torch as sst
 from sparse_sageattn.reference import assert_close, attention
 
-BUILDERS = [
-    ("causal_mask", (300, 700), {}),
-    ("sliding_window_mask", (700, 300, 100), {"lookahead": 37}),
-    ("sink_mask", (300, 300, 130), {"global_queries": True}),
-    ("union_mask", (1000, 1000), {"window": 256, "sink": 4}),
-]
+from mask_cases import BUILDERS
+
 
 
 @pytest.mark.parametrize("name,args,kwargs", BUILDERS, ids=[b[0] for b in BUILDERS])
