@@ -1,7 +1,7 @@
 """Block-sparse INT8 attention (SageAttention V1 numerics) over the live key blocks of each query block.
 
 One program per (batch, query head, query block of BLOCK_M rows). It walks the block list written by
-block_lists_kernel: first the `full` entries with no element mask, then the rest with the causal / key-tail
+block_lists.py: first the `full` entries with no element mask, then the rest with the causal / key-tail
 mask. Scores are INT8 Q.K^T with int32 accumulation, scaled by the two block scales into the log2 domain
 (sm_scale*log2(e) is already folded into Q's scale), then an exp2 online softmax; P.V runs in fp16 with fp32
 accumulation. Rows that see no key end with l == 0 and are written as zeros with lse = -inf.

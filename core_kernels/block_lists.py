@@ -5,28 +5,24 @@ at least one pair to compute, plus two counts: `live` (the list length) and `ful
 need no element mask). Blocks that need the element mask -- the causal diagonal and the ragged key tail -- are
 always the highest key blocks of a row, so they sit at the end of the list and the attention kernel walks
 [0, full) without masks and [full, live) with them. Everything stays on the device: no host sync, no
-data-dependent shapes.
+data-dependent shapes. `_block_list` is a device function, called by a launch of prepare.py.
 """
 import triton
 import triton.language as tl
 
 
-@triton.jit(do_not_specialize=["n_q", "n_k", "list_heads", "stride_mb", "stride_mh", "stride_mq", "stride_mk"])
-def block_lists_kernel(
-    mask_ptr,
-    n_q, n_k, list_heads,
-    stride_mb, stride_mh, stride_mq, stride_mk,
+@triton.jit
+def _block_list(
+    mask_ptr, lbh, qb, n_qb, n_q, n_k, list_heads, stride_mb, stride_mh, stride_mq, stride_mk,
     counts_ptr, indices_ptr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB_TILE: tl.constexpr,
     HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
 ):
-    """counts: int32 [lists, n_qb, 2] = (live, full); indices: int32 [lists, n_qb, n_kb], row-major.
+    """The list of query block qb of list lbh. counts: int32 [lists, n_qb, 2] = (live, full); indices: int32
+    [lists, n_qb, n_kb], row-major.
 
     `lists` is B*Hq, or fewer when the mask broadcasts over batch or heads (strides of 0 there).
     """
-    lbh = tl.program_id(0)
-    qb = tl.program_id(1)
-    n_qb = tl.num_programs(1)
     n_kb = tl.cdiv(n_k, BLOCK_N)
     b = lbh // list_heads
     h = lbh % list_heads

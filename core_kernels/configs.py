@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 BLOCK_M = 128  # query rows per block: Q's quantization granularity and the mask's row block
 BLOCK_N = 64  # key rows per block: K's quantization granularity and the mask's column block
-ROWS_PER_CHUNK = 2048  # keys summed by one program of channel_sums_kernel
+ROWS_PER_CHUNK = 2048  # keys summed by one channel-sums program of sums_and_lists_kernel
 SUMS_TILE_ROWS = 64
-KB_TILE = 128  # key blocks compacted per step of block_lists_kernel
+KB_TILE = 128  # key blocks compacted per step of a block-list program
 
 
 @dataclass(frozen=True)
@@ -22,20 +22,19 @@ class KernelConfig:
 @dataclass(frozen=True)
 class LaunchConfigs:
     attention: KernelConfig
-    quantize: KernelConfig
-    channel_sums: KernelConfig
-    block_lists: KernelConfig
+    quantize: KernelConfig  # Q and K share it: num_warps sets both tiles' layouts, hence reduction orders
+    sums_and_lists: KernelConfig
 
 
 _SIMPLE = KernelConfig(num_warps=4, num_stages=1)
 DEFAULT = LaunchConfigs(
     attention=KernelConfig(num_warps=4, num_stages=2),
-    quantize=_SIMPLE, channel_sums=_SIMPLE, block_lists=_SIMPLE,
+    quantize=_SIMPLE, sums_and_lists=_SIMPLE,
 )
 
 
 def _configs(attention_warps: int, attention_stages: int) -> LaunchConfigs:
-    return LaunchConfigs(KernelConfig(attention_warps, attention_stages), _SIMPLE, _SIMPLE, _SIMPLE)
+    return LaunchConfigs(KernelConfig(attention_warps, attention_stages), _SIMPLE, _SIMPLE)
 
 
 # (capability, head_dim tile, dtype) -> configs; capability is major*10 + minor, or the major alone as a fallback.

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 from . import configs
 from .attention import attention_kernel
-from .block_lists import block_lists_kernel
 from .predict import pool_blocks_kernel, select_blocks_kernel
-from .quantize import channel_sums_kernel, quantize_blocks_kernel
+from .prepare import quantize_kernel, sums_and_lists_kernel
 
 FLOAT_DTYPES = ("float16", "bfloat16")
 MASK_DTYPES = ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
@@ -227,36 +226,6 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         launches.append(Launch(name, kernel, grid, tuple(inputs), tuple(scalars), tuple(outputs), constexprs,
                                kcfg.num_warps, kcfg.num_stages))
 
-    sums = "k"  # never read unless smoothing: any array serves as the pointer
-    if smooth_k:
-        sums = "k_channel_sums"
-        n_chunks = _cdiv(n_k, configs.ROWS_PER_CHUNK)
-        buffers[sums] = Buffer(_flat(batch * heads_kv, n_chunks, head_dim_pad), "float32")
-        launch("channel_sums", channel_sums_kernel, (batch * heads_kv, n_chunks), ["k"],
-               [n_k, heads_kv, *k_strides], [sums],
-               dict(ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, TILE_ROWS=configs.SUMS_TILE_ROWS, **dims),
-               cfg.channel_sums)
-
-    shift_lse = smooth_k and return_lse
-    buffers["k_int8"] = Buffer(_flat(batch * heads_kv, n_kb * block_n, head_dim), "int8")
-    buffers["k_scale"] = Buffer(_flat(batch * heads_kv, n_kb), "float32")
-    buffers["k_row_shift"] = Buffer((1,), "float32")  # an output slot the K launch never writes
-    launch("quantize_k", quantize_blocks_kernel, (batch * heads_kv, n_kb), ["k", sums],
-           [1.0, n_k, n_k, heads_kv, 1, *k_strides], ["k_int8", "k_scale", "k_row_shift"],
-           dict(BLOCK_ROWS=block_n, ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SUBTRACT_MEAN=smooth_k,
-                WRITE_ROW_SHIFT=False, **dims),
-           cfg.quantize)
-
-    buffers["q_int8"] = Buffer(_flat(batch * heads_q, n_qb * block_m, head_dim), "int8")
-    buffers["q_scale"] = Buffer(_flat(batch * heads_q, n_qb), "float32")
-    buffers["q_row_shift"] = Buffer(_flat(batch * heads_q, n_qb * block_m) if shift_lse else (1,), "float32")
-    launch("quantize_q", quantize_blocks_kernel, (batch * heads_q, n_qb), ["q", sums],
-           [float(sm_scale) * LOG2E, n_q, n_k, heads_q, kv_group, *q_strides],
-           ["q_int8", "q_scale", "q_row_shift"],
-           dict(BLOCK_ROWS=block_m, ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SUBTRACT_MEAN=False,
-                WRITE_ROW_SHIFT=shift_lse, **dims),
-           cfg.quantize)
-
     # Block lists: one per (batch, head) the mask distinguishes; a mask broadcast over heads shares one list.
     mask_name, mask_strides, list_b, list_h = "q", (0, 0, 0, 0), 1, 1  # no mask: "q" is an unread pointer
     if mask_id is not None:
@@ -264,13 +233,34 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         mask_name = "mask_id"
         list_b = batch if mask_shape[0] != 1 else 1
         list_h = heads_q if mask_shape[1] != 1 else 1
+    n_chunks = _cdiv(n_k, configs.ROWS_PER_CHUNK)
+    sum_programs = batch * heads_kv * n_chunks if smooth_k else 0
+    # Without smoothing the partial sums are neither written nor read: a one-element slot.
+    buffers["k_channel_sums"] = Buffer(_flat(batch * heads_kv, n_chunks, head_dim_pad) if smooth_k else (1,),
+                                       "float32")
     buffers["block_counts"] = Buffer(_flat(list_b * list_h, n_qb, 2), "int32")
     buffers["block_indices"] = Buffer(_flat(list_b * list_h, n_qb, n_kb), "int32")
-    launch("block_lists", block_lists_kernel, (list_b * list_h, n_qb), [mask_name],
-           [n_q, n_k, list_h, *mask_strides], ["block_counts", "block_indices"],
-           dict(BLOCK_M=block_m, BLOCK_N=block_n, KB_TILE=configs.KB_TILE, HAS_MASK=mask_id is not None,
+    launch("sums_and_lists", sums_and_lists_kernel, (sum_programs + list_b * list_h * n_qb,), ["k", mask_name],
+           [n_q, n_k, heads_kv, list_h, sum_programs, *k_strides, *mask_strides],
+           ["k_channel_sums", "block_counts", "block_indices"],
+           dict(ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, TILE_ROWS=configs.SUMS_TILE_ROWS, **dims, SMOOTH_K=smooth_k,
+                BLOCK_M=block_m, BLOCK_N=block_n, KB_TILE=configs.KB_TILE, HAS_MASK=mask_id is not None,
                 IS_CAUSAL=is_causal),
-           cfg.block_lists)
+           cfg.sums_and_lists)
+
+    shift_lse = smooth_k and return_lse
+    k_programs = batch * heads_kv * n_kb
+    buffers["q_int8"] = Buffer(_flat(batch * heads_q, n_qb * block_m, head_dim), "int8")
+    buffers["q_scale"] = Buffer(_flat(batch * heads_q, n_qb), "float32")
+    buffers["q_row_shift"] = Buffer(_flat(batch * heads_q, n_qb * block_m) if shift_lse else (1,), "float32")
+    buffers["k_int8"] = Buffer(_flat(batch * heads_kv, n_kb * block_n, head_dim), "int8")
+    buffers["k_scale"] = Buffer(_flat(batch * heads_kv, n_kb), "float32")
+    launch("quantize", quantize_kernel, (k_programs + batch * heads_q * n_qb,), ["q", "k", "k_channel_sums"],
+           [float(sm_scale) * LOG2E, n_q, n_k, heads_q, heads_kv, k_programs, *q_strides, *k_strides],
+           ["q_int8", "q_scale", "q_row_shift", "k_int8", "k_scale"],
+           dict(BLOCK_M=block_m, BLOCK_N=block_n, ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SMOOTH_K=smooth_k,
+                WRITE_ROW_SHIFT=shift_lse, **dims),
+           cfg.quantize)
 
     buffers["out"] = Buffer(out_shape, q.dtype)
     buffers["lse"] = Buffer(lse_shape, "float32")

@@ -1,31 +1,22 @@
 """Per-block INT8 quantization of Q and K (SageAttention V1), with K smoothed by its mean.
 
-Two kernels, launched in this order:
-  channel_sums_kernel     K -> fp32 partial channel sums, one row of sums per chunk of ROWS_PER_CHUNK keys.
-                          Splitting the sum over chunks keeps every SM busy when B*H is small; the partials are
-                          later added in a fixed order, so the mean is deterministic (no atomics).
-  quantize_blocks_kernel  one block of rows -> INT8 rows + one fp32 scale. Launched once for K (mean subtracted)
-                          and once for Q (sm_scale*log2(e) folded in, optional per-row q.mean for the lse).
+Device functions, called by the launches of prepare.py:
+  _channel_sums    one chunk of ROWS_PER_CHUNK keys -> one row of fp32 partial channel sums. Splitting the sum
+                   over chunks keeps every SM busy when B*H is small; the partials are later added in a fixed
+                   order, so the mean is deterministic (no atomics).
+  _quantize_block  one block of rows -> INT8 rows + one fp32 scale. Called for K (mean subtracted) and for Q
+                   (sm_scale*log2(e) folded in, optional per-row q.mean for the lse).
+Strides reaching them are in elements, already multiplied back by `_aligned`.
 """
 import triton
 import triton.language as tl
 
-from .alignment import _aligned
 
-
-@triton.jit(do_not_specialize=["n_rows", "heads", "stride_b", "stride_h", "stride_n"])
-def channel_sums_kernel(
-    x_ptr,
-    n_rows, heads,
-    stride_b, stride_h, stride_n,
-    partial_sums_ptr,
-    ROWS_PER_CHUNK: tl.constexpr, TILE_ROWS: tl.constexpr,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, STRIDE_ALIGN: tl.constexpr,
+@triton.jit
+def _channel_sums(
+    x_ptr, bh, chunk, n_chunks, n_rows, heads, stride_b, stride_h, stride_n, partial_sums_ptr,
+    ROWS_PER_CHUNK: tl.constexpr, TILE_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
 ):
-    stride_b, stride_h, stride_n = _aligned(stride_b, stride_h, stride_n, STRIDE_ALIGN)
-    bh = tl.program_id(0)
-    chunk = tl.program_id(1)
-    n_chunks = tl.num_programs(1)
     b = bh // heads
     h = bh % heads
     first_row = chunk * ROWS_PER_CHUNK
@@ -45,7 +36,7 @@ def channel_sums_kernel(
 
 @triton.jit
 def _channel_mean(partial_sums_ptr, mean_bh, n_mean_rows, ROWS_PER_CHUNK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
-    """Mean over n_mean_rows of one (batch, kv head), from channel_sums_kernel's partials, in chunk order."""
+    """Mean over n_mean_rows of one (batch, kv head), from _channel_sums' partials, in chunk order."""
     n_chunks = tl.cdiv(n_mean_rows, ROWS_PER_CHUNK)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     row_ptr = partial_sums_ptr + mean_bh.to(tl.int64) * n_chunks * HEAD_DIM_PAD
@@ -56,25 +47,18 @@ def _channel_mean(partial_sums_ptr, mean_bh, n_mean_rows, ROWS_PER_CHUNK: tl.con
     return total / tl.maximum(n_mean_rows, 1).to(tl.float32)
 
 
-@triton.jit(do_not_specialize=["n_rows", "n_mean_rows", "heads", "mean_head_group", "stride_b", "stride_h", "stride_n"])
-def quantize_blocks_kernel(
-    x_ptr, partial_sums_ptr,
-    pre_scale, n_rows, n_mean_rows, heads, mean_head_group,
-    stride_b, stride_h, stride_n,
-    x_int8_ptr, x_scale_ptr, row_shift_ptr,
+@triton.jit
+def _quantize_block(
+    x_ptr, partial_sums_ptr, pre_scale, bh, blk, n_blocks, n_rows, n_mean_rows, heads, mean_head_group,
+    stride_b, stride_h, stride_n, x_int8_ptr, x_scale_ptr, row_shift_ptr,
     BLOCK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     ROWS_PER_CHUNK: tl.constexpr, SUBTRACT_MEAN: tl.constexpr, WRITE_ROW_SHIFT: tl.constexpr,
-    STRIDE_ALIGN: tl.constexpr,
 ):
     """x[b, h, rows of block] * pre_scale (- mean) -> int8 [B*H, n_blocks*BLOCK_ROWS, HEAD_DIM] + fp32 scale.
 
     The mean is the one of kv head h // mean_head_group (1 for K itself, the GQA group size for Q).
     Rows past n_rows are written as zeros so the attention kernel loads whole blocks without a mask.
     """
-    stride_b, stride_h, stride_n = _aligned(stride_b, stride_h, stride_n, STRIDE_ALIGN)
-    bh = tl.program_id(0)
-    blk = tl.program_id(1)
-    n_blocks = tl.num_programs(1)
     b = bh // heads
     h = bh % heads
     offs_r = tl.arange(0, BLOCK_ROWS)

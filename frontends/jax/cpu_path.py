@@ -19,8 +19,8 @@ LN2 = math.log(2.0)
 def _quantize_blocks(x, rows):
     """fp32 (B, H, N, D) -> int8 (B, H, n_blocks*rows, D) and one fp32 scale per block of `rows` rows.
 
-    Like quantize_blocks_kernel: padded rows are zeros, an all-zero block gets scale 0 (never 0/0), rounding is
-    half away from zero, and a block holding a NaN gets a NaN scale so the NaN reaches the output.
+    Like quantize.py's _quantize_block: padded rows are zeros, an all-zero block gets scale 0 (never 0/0),
+    rounding is half away from zero, and a block holding a NaN gets a NaN scale so the NaN reaches the output.
     """
     batch, heads, n, head_dim = x.shape
     n_blocks = -(-n // rows)
