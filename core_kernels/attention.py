@@ -15,6 +15,23 @@ LN2 = tl.constexpr(0.6931471805599453)  # a global a compiled kernel may read mu
 
 
 @triton.jit
+def _softmax_pv_step(acc, m_i, l_i, s, v_ptrs, v_mask, MASKED: tl.constexpr):
+    """One online-softmax step over the key columns of s (log2 domain) and their V rows."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    if MASKED:
+        m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet: no -inf - -inf
+    else:
+        m_new_safe = m_new
+    alpha = tl.math.exp2(m_i - m_new_safe)
+    p = tl.math.exp2(s - m_new_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(tl.float16), v.to(tl.float16), acc)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _attend_blocks(
     acc, m_i, l_i, q, q_scale,
     k_head_ptr, k_scale_head_ptr, v_head_ptr, indices_row_ptr, list_start, list_end,
@@ -37,22 +54,59 @@ def _attend_blocks(
             if IS_CAUSAL:
                 visible = visible & (k_rows[None, :] <= q_rows[:, None] + (n_k - n_q))
             s = tl.where(visible, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        if MASKED:
-            m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet: no -inf - -inf
-        else:
-            m_new_safe = m_new
-        alpha = tl.math.exp2(m_i - m_new_safe)
-        p = tl.math.exp2(s - m_new_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
         v_ptrs = v_head_ptr + (kb * BLOCK_N).to(tl.int64) * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :]
         if MASKED:
-            v = tl.load(v_ptrs, mask=(k_rows < n_k)[:, None] & d_valid[None, :], other=0.0)
+            v_mask = (k_rows < n_k)[:, None] & d_valid[None, :]
         else:
-            v = tl.load(v_ptrs, mask=d_valid[None, :], other=0.0)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(tl.float16), v.to(tl.float16), acc)
-        m_i = m_new
+            v_mask = d_valid[None, :]
+        acc, m_i, l_i = _softmax_pv_step(acc, m_i, l_i, s, v_ptrs, v_mask, MASKED)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attend_block_pairs(
+    acc, m_i, l_i, q, q_scale,
+    k_head_ptr, k_scale_head_ptr, v_head_ptr, indices_row_ptr, list_start, list_end,
+    q_rows, n_q, n_k, stride_vn,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+):
+    """Entries [list_start, list_end) two at a time: one 2*BLOCK_N-key tile per step, rows (and score columns)
+    0..BLOCK_N-1 from the first block, the rest from the second. Unmasked calls get an even count. In masked
+    calls an odd count leaves the last step one block: its second half points past the last key block, so the
+    key mask that already serves the ragged tail hides it (no load, -inf scores, zero V rows)."""
+    offs_n = tl.arange(0, 2 * BLOCK_N)
+    first_half = offs_n < BLOCK_N
+    offs_in_block = offs_n % BLOCK_N
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    d_valid = offs_d < HEAD_DIM
+    n_kb = tl.cdiv(n_k, BLOCK_N)
+    for it in range(list_start, list_end, 2):
+        kb_a = tl.load(indices_row_ptr + it)
+        if MASKED:
+            kb_b = tl.load(indices_row_ptr + it + 1, mask=it + 1 < list_end, other=n_kb)
+            scale_b = tl.load(k_scale_head_ptr + kb_b, mask=kb_b < n_kb, other=0.0)
+        else:
+            kb_b = tl.load(indices_row_ptr + it + 1)
+            scale_b = tl.load(k_scale_head_ptr + kb_b)
+        kb = tl.where(first_half, kb_a, kb_b)
+        k_rows = kb * BLOCK_N + offs_in_block
+        k_ptrs = k_head_ptr + kb[:, None] * (BLOCK_N * HEAD_DIM) + offs_in_block[:, None] * HEAD_DIM + offs_d[None, :]
+        if MASKED:
+            kv_mask = (k_rows < n_k)[:, None] & d_valid[None, :]
+        else:
+            kv_mask = d_valid[None, :]
+        k = tl.load(k_ptrs, mask=kv_mask, other=0)
+        # Per-column scales; each product is the one the one-block path forms, so scores match it exactly.
+        scale = tl.where(first_half, q_scale * tl.load(k_scale_head_ptr + kb_a), q_scale * scale_b)
+        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale[None, :]
+        if MASKED:
+            visible = (k_rows < n_k)[None, :]
+            if IS_CAUSAL:
+                visible = visible & (k_rows[None, :] <= q_rows[:, None] + (n_k - n_q))
+            s = tl.where(visible, s, float("-inf"))
+        v_ptrs = v_head_ptr + k_rows.to(tl.int64)[:, None] * stride_vn + offs_d[None, :]
+        acc, m_i, l_i = _softmax_pv_step(acc, m_i, l_i, s, v_ptrs, kv_mask, MASKED)
     return acc, m_i, l_i
 
 
@@ -68,6 +122,7 @@ def attention_kernel(
     out_ptr, lse_ptr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr, SHIFT_LSE: tl.constexpr, STRIDE_ALIGN: tl.constexpr,
+    KEY_BLOCKS_PER_STEP: tl.constexpr,
 ):
     stride_vb, stride_vh, stride_vn = _aligned(stride_vb, stride_vh, stride_vn, STRIDE_ALIGN)
     stride_ob, stride_oh, stride_on = _aligned(stride_ob, stride_oh, stride_on, STRIDE_ALIGN)
@@ -101,12 +156,23 @@ def attention_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
-                                   indices_row_ptr, 0, n_full, q_rows, n_q, n_k, stride_vn,
-                                   BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, False)
-    acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
-                                   indices_row_ptr, n_full, n_live, q_rows, n_q, n_k, stride_vn,
-                                   BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, True)
+    if KEY_BLOCKS_PER_STEP == 1:
+        acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
+                                       indices_row_ptr, 0, n_full, q_rows, n_q, n_k, stride_vn,
+                                       BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, False)
+        acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
+                                       indices_row_ptr, n_full, n_live, q_rows, n_q, n_k, stride_vn,
+                                       BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, True)
+    else:
+        # Unmasked pairs up to the last even full entry; an odd full block joins the masked steps (its mask is
+        # all-visible), which keeps the unmasked loop free of any per-step test.
+        n_full_even = n_full - n_full % 2
+        acc, m_i, l_i = _attend_block_pairs(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
+                                            indices_row_ptr, 0, n_full_even, q_rows, n_q, n_k, stride_vn,
+                                            BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, False)
+        acc, m_i, l_i = _attend_block_pairs(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
+                                            indices_row_ptr, n_full_even, n_live, q_rows, n_q, n_k, stride_vn,
+                                            BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, True)
 
     seen_nothing = l_i == 0.0
     out = acc / tl.where(seen_nothing, 1.0, l_i)[:, None]  # acc is 0 there too: zeros, never 0/0

@@ -4,7 +4,7 @@ Keyed by (compute capability, head_dim tile, dtype of q/k/v). Lookup falls back 
 its major version and then to DEFAULT, so an unknown GPU (or the interpreter, capability None) still launches.
 No autotuning happens on the call path: a frontend picks its entry from here and nothing else.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 BLOCK_M = 128  # query rows per block: Q's quantization granularity and the mask's row block
 BLOCK_N = 64  # key rows per block: K's quantization granularity and the mask's column block
@@ -20,21 +20,32 @@ class KernelConfig:
 
 
 @dataclass(frozen=True)
+class AttentionConfig(KernelConfig):
+    # List entries (64-key blocks) one iteration consumes: 1, or 2 gathered into one 128-key tile (one Q.K^T of
+    # N=128 and one softmax rescale per 128 keys). 2 is not GPU-verified yet: no table entry uses it.
+    key_blocks_per_step: int = 1
+
+    def __post_init__(self):
+        if self.key_blocks_per_step not in (1, 2):
+            raise ValueError(f"key_blocks_per_step must be 1 or 2, got {self.key_blocks_per_step!r}")
+
+
+@dataclass(frozen=True)
 class LaunchConfigs:
-    attention: KernelConfig
+    attention: AttentionConfig
     quantize: KernelConfig  # Q and K share it: num_warps sets both tiles' layouts, hence reduction orders
     sums_and_lists: KernelConfig
 
 
 _SIMPLE = KernelConfig(num_warps=4, num_stages=1)
 DEFAULT = LaunchConfigs(
-    attention=KernelConfig(num_warps=4, num_stages=2),
+    attention=AttentionConfig(num_warps=4, num_stages=2),
     quantize=_SIMPLE, sums_and_lists=_SIMPLE,
 )
 
 
 def _configs(attention_warps: int, attention_stages: int) -> LaunchConfigs:
-    return LaunchConfigs(KernelConfig(attention_warps, attention_stages), _SIMPLE, _SIMPLE)
+    return LaunchConfigs(AttentionConfig(attention_warps, attention_stages), _SIMPLE, _SIMPLE)
 
 
 # (capability, head_dim tile, dtype) -> configs; capability is major*10 + minor, or the major alone as a fallback.
@@ -62,8 +73,20 @@ def predict_select(kb_pad: int) -> KernelConfig:
     return KernelConfig(num_warps=min(16, max(4, kb_pad // 256)), num_stages=1)
 
 
-def lookup(capability, head_dim_pad: int, dtype: str) -> LaunchConfigs:
-    """capability: (major, minor) or None (interpreter)."""
+def lookup(capability, head_dim_pad: int, dtype: str, attention_override=None) -> LaunchConfigs:
+    """capability: (major, minor) or None (interpreter).
+
+    attention_override: a mapping of AttentionConfig fields (e.g. {"key_blocks_per_step": 2}) replacing the
+    entry's. Only benchmarks and tests pass it, through `make_plan`, to try a variant before the table adopts
+    it; frontends never do, so what users run is the table alone.
+    """
+    entry = _table_entry(capability, head_dim_pad, dtype)
+    if attention_override:
+        entry = replace(entry, attention=replace(entry.attention, **attention_override))
+    return entry
+
+
+def _table_entry(capability, head_dim_pad, dtype):
     if capability is None:
         return DEFAULT
     major, minor = capability

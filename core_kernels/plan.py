@@ -189,8 +189,13 @@ def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tenso
 
 
 def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | None = None, is_causal=False,
-              tensor_layout="HND", sm_scale=None, smooth_k=True, return_lse=False, capability=None) -> Plan:
-    """Validate and resolve one sparse_sageattn call. `capability`: (major, minor) of the GPU, None = interpreter."""
+              tensor_layout="HND", sm_scale=None, smooth_k=True, return_lse=False, capability=None, *,
+              attention_override=None) -> Plan:
+    """Validate and resolve one sparse_sageattn call. `capability`: (major, minor) of the GPU, None = interpreter.
+
+    attention_override: fields replacing the table's attention entry (configs.lookup); for benchmarks and tests
+    of a variant, never passed by the frontends.
+    """
     validate(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse)
     b_axis, h_axis, n_axis = (0, 1, 2) if tensor_layout == "HND" else (0, 2, 1)
     batch, heads_q, n_q = q.shape[b_axis], q.shape[h_axis], q.shape[n_axis]
@@ -200,7 +205,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(head_dim)
     head_dim_pad = max(32, _next_pow2(head_dim))  # int8 tl.dot needs K >= 32
-    cfg = configs.lookup(capability, head_dim_pad, q.dtype)
+    cfg = configs.lookup(capability, head_dim_pad, q.dtype, attention_override)
     block_m, block_n = configs.BLOCK_M, configs.BLOCK_N
     n_qb, n_kb = _cdiv(n_q, block_m), _cdiv(n_k, block_n)
 
@@ -272,7 +277,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
             *v_strides, *out_strides],
            ["out", "lse"],
            dict(BLOCK_M=block_m, BLOCK_N=block_n, IS_CAUSAL=is_causal, RETURN_LSE=return_lse,
-                SHIFT_LSE=shift_lse, **dims),
+                SHIFT_LSE=shift_lse, KEY_BLOCKS_PER_STEP=cfg.attention.key_blocks_per_step, **dims),
            cfg.attention)
     return Plan(buffers, tuple(launches))
 

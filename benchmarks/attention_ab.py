@@ -1,0 +1,127 @@
+"""A/B of attention-kernel variants: the table's entry against AttentionConfig fields given to make_plan's
+attention_override (e.g. key_blocks_per_step=2). Kernel only: the plan's other launches run once to fill the
+buffers, then the attention launch alone is timed per variant (do_bench median, L2 flushed), in the order
+A B ... B A and averaged, so clock drift does not favour one side. Also printed: TOPS over the computed blocks
+(live blocks x 128 x 64 pairs, 4*D ops each), and each variant's output against the first variant's
+(max |diff|) and against the float64 reference on sampled rows of batch 0, head 0 (cosine, relative L1).
+
+GPU:  python benchmarks/attention_ab.py --variant key_blocks_per_step=2
+      (variants: repeatable, fields comma separated, e.g. --variant key_blocks_per_step=2,num_stages=2)
+CPU:  TRITON_INTERPRET=1 python benchmarks/attention_ab.py --smoke --variant key_blocks_per_step=2
+      (tiny sizes through the interpreter: accuracy only, no timing)
+"""
+import argparse
+import json
+
+import numpy as np
+import torch
+import triton
+
+from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, configs, make_plan
+from sparse_sageattn.reference import COS_MIN, REL_L1_MAX, attention, cosine, rel_l1
+
+MASKS = ("dense", "causal", "half")  # half: a random mask keeping half of the blocks, not causal
+
+
+def parse_variant(text):
+    return {k: int(v) for k, v in (item.split("=", 1) for item in text.split(","))} if text else {}
+
+
+def desc(t):
+    return ArrayDesc(tuple(t.shape), tuple(t.stride()), str(t.dtype).removeprefix("torch."), str(t.device))
+
+
+def launch(step, arrays):
+    step.kernel[step.grid](*(arrays[n] for n in step.inputs), *step.scalars, *(arrays[n] for n in step.outputs),
+                           num_warps=step.num_warps, num_stages=step.num_stages, **step.constexprs)
+
+
+def run_config(n, head_dim, mask_kind, variants, batch, heads, device, timed):
+    gen = torch.Generator(device).manual_seed(n + head_dim)
+    q, k, v = (torch.randn(batch, heads, n, head_dim, generator=gen, device=device, dtype=torch.float16)
+               for _ in range(3))
+    n_qb, n_kb = -(-n // configs.BLOCK_M), -(-n // configs.BLOCK_N)
+    mask = torch.rand(n_qb, n_kb, generator=gen, device=device) < 0.5 if mask_kind == "half" else None
+    causal = mask_kind == "causal"
+    capability = torch.cuda.get_device_capability(device) if device == "cuda" else None
+    plans = [make_plan(desc(q), desc(k), desc(v), None if mask is None else desc(mask), causal, "HND", None, True,
+                       False, capability, attention_override=over) for over in variants]
+    assert all(p.buffers == plans[0].buffers for p in plans)
+    arrays = {"q": q, "k": k, "v": v, "mask_id": mask}
+    for name, buf in plans[0].buffers.items():
+        dtype = getattr(torch, buf.dtype)
+        arrays[name] = (torch.empty(buf.shape, dtype=dtype, device=device) if buf.fill is None else
+                        torch.full(buf.shape, buf.fill, dtype=dtype, device=device))
+    for step in plans[0].launches:
+        launch(step, arrays)
+    steps = [next(s for s in p.launches if s.name == "attention") for p in plans]
+    counts = arrays["block_counts"].view(-1, n_qb, 2)  # one list per (batch, head) the mask distinguishes
+    live = counts[..., 0].sum().item() * (batch * heads // counts.shape[0])
+    ops = 4 * head_dim * live * configs.BLOCK_M * configs.BLOCK_N
+
+    outs, times = [], [[] for _ in steps]
+    for i, step in enumerate(steps):
+        launch(step, arrays)  # compiles; the output of each variant is kept for the comparison
+        outs.append(arrays["out"].clone())
+    if timed:
+        for i in list(range(len(steps))) + list(reversed(range(len(steps)))):
+            times[i].append(triton.testing.do_bench(lambda s=steps[i]: launch(s, arrays), warmup=25, rep=100,
+                                                    return_mode="median"))
+    rows = np.unique(np.linspace(0, n - 1, 64).astype(int))
+    ref, _ = attention(*(x[:1, :1].float().cpu().numpy() for x in (q, k, v)),
+                       None if mask is None else mask.cpu().numpy(), causal, rows=rows)
+    results = []
+    for over, step, out, ms in zip(variants, steps, outs, times):
+        sample = out[:1, :1, rows].float().cpu().numpy()
+        ms = sum(ms) / len(ms) if ms else None
+        results.append(dict(n=n, head_dim=head_dim, mask=mask_kind, variant=over, num_warps=step.num_warps,
+                            num_stages=step.num_stages, ms=ms, tops=ops / ms / 1e9 if ms else None,
+                            max_diff_vs_first=(out.float() - outs[0].float()).abs().max().item(),
+                            cosine=cosine(sample, ref), rel_l1=rel_l1(sample, ref)))
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variant", action="append", default=[], metavar="FIELD=INT[,FIELD=INT]",
+                   help="attention_override fields of a variant to compare with the table's entry (repeatable)")
+    p.add_argument("--seq-lens", default="8192,16384")
+    p.add_argument("--head-dims", default="64,128")
+    p.add_argument("--masks", default=",".join(MASKS))
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (CPU, interpreter): plumbing and accuracy")
+    p.add_argument("--json", help="also write the records here")
+    args = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
+    if device == "cpu" and not (args.smoke and INTERPRETED):
+        p.error("without a GPU only --smoke runs, under TRITON_INTERPRET=1")
+    if args.smoke:
+        args.seq_lens, args.head_dims, args.batch, args.heads = "320", "64", 1, 2
+    variants = [{}] + [parse_variant(v) for v in args.variant]
+    if device == "cuda":
+        print(torch.cuda.get_device_name(), "triton", triton.__version__)
+    records = []
+    for n in (int(x) for x in args.seq_lens.split(",")):
+        for head_dim in (int(x) for x in args.head_dims.split(",")):
+            for mask_kind in args.masks.split(","):
+                results = run_config(n, head_dim, mask_kind, variants, args.batch, args.heads, device,
+                                     timed=device == "cuda")
+                for r in results:
+                    name = ",".join(f"{k}={v}" for k, v in r["variant"].items()) or "table"
+                    timing = (f"{r['ms']:8.3f} ms {r['tops']:6.1f} TOPS x{results[0]['ms'] / r['ms']:.3f}"
+                              if r["ms"] else "untimed")
+                    print(f"N={n:<6} hd={head_dim:<4} {mask_kind:<7} {name:<34} w{r['num_warps']} "
+                          f"s{r['num_stages']}  {timing}  max|diff|={r['max_diff_vs_first']:.2e}  "
+                          f"cos={r['cosine']:.6f} relL1={r['rel_l1']:.4f}", flush=True)
+                records += results
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+    bad = [r for r in records if not (r["cosine"] >= COS_MIN and r["rel_l1"] <= REL_L1_MAX)]
+    if bad:
+        raise SystemExit(f"{len(bad)} records outside the contract's bounds")
+
+
+if __name__ == "__main__":
+    main()

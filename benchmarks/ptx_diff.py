@@ -1,0 +1,101 @@
+"""Compile the attention kernel of a source tree to PTX (Triton's CUDA backend, no GPU needed) and print a hash
+per configuration, so two trees can be compared: `python benchmarks/ptx_diff.py --root /work/main` and the same
+with `--root .`; equal hashes = identical PTX.
+
+The launch (constexprs, warps, stages, argument types) comes from that tree's own `make_plan` for a small fp16
+problem at the given capability, so what is compiled is what the frontends would launch. Line info is disabled:
+it records source paths and line numbers, which differ between trees by construction and say nothing about the
+code. `--attention key_blocks_per_step=2` passes make_plan's attention_override (trees that have it).
+
+Also printed per configuration: the shared memory the compile asks for and the distinct wgmma shapes in the PTX.
+Run it in a process without TRITON_INTERPRET (it is removed here before Triton reads it).
+"""
+import argparse
+import collections
+import hashlib
+import importlib.util
+import os
+import re
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+POINTER_TYPES = {"int8": "*i8", "int32": "*i32", "float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
+
+
+def load_core_kernels(root):
+    """The tree's core_kernels package under a private name: two trees never share a module."""
+    name = "ptx_tree_" + hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:8]
+    package = os.path.join(root, "core_kernels")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(package, "__init__.py"),
+                                                  submodule_search_locations=[package])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def attention_launch(ck, head_dim, is_causal, return_lse, capability, attention_override):
+    shape = (1, 2, 256, head_dim)
+    desc = ck.ArrayDesc(shape, ck.plan.contiguous_strides(shape), "float16")
+    extra = {"attention_override": attention_override} if attention_override else {}
+    plan = ck.make_plan(desc, desc, desc, None, is_causal, "HND", None, True, return_lse, capability, **extra)
+    (launch,) = [step for step in plan.launches if step.name == "attention"]
+    return plan, launch
+
+
+def compile_ptx(plan, launch, capability):
+    fn = launch.kernel
+    dtypes = {"q": "float16", "k": "float16", "v": "float16"}
+    dtypes.update({name: buf.dtype for name, buf in plan.buffers.items()})
+    runtime = ([POINTER_TYPES[dtypes[n]] for n in launch.inputs]
+               + ["i32" if isinstance(s, int) else "fp32" for s in launch.scalars]
+               + [POINTER_TYPES[dtypes[n]] for n in launch.outputs])
+    names = [p.name for p in fn.params if not p.is_constexpr]
+    assert len(names) == len(runtime), (names, runtime)
+    signature = dict(zip(names, runtime))
+    signature.update({name: "constexpr" for name in launch.constexprs})
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in zip(names, runtime) if t[0] == "*"}
+    source = ASTSource(fn, signature, launch.constexprs, attrs)
+    target = GPUTarget("cuda", capability[0] * 10 + capability[1], 128 if capability[0] >= 9 else 32)
+    compiled = triton.compile(source, target=target,
+                              options=dict(num_warps=launch.num_warps, num_stages=launch.num_stages))
+    return compiled.asm["ptx"], compiled.metadata.shared
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    p.add_argument("--capability", default="90", help="e.g. 90 or 80")
+    p.add_argument("--head-dims", default="64,128")
+    p.add_argument("--attention", action="append", default=[], metavar="FIELD=INT",
+                   help="an attention_override entry for make_plan (repeatable)")
+    p.add_argument("--save", help="write each PTX to this folder")
+    args = p.parse_args(argv)
+    triton.knobs.compilation.disable_line_info = True
+    capability = (int(args.capability[:-1]), int(args.capability[-1]))
+    override = {k: int(v) for k, v in (item.split("=", 1) for item in args.attention)}
+    ck = load_core_kernels(args.root)
+    print(f"root {os.path.abspath(args.root)}  sm_{args.capability}  triton {triton.__version__}  "
+          f"override {override or '-'}")
+    for head_dim in (int(h) for h in args.head_dims.split(",")):
+        for is_causal in (False, True):
+            for return_lse in (False, True):
+                plan, launch = attention_launch(ck, head_dim, is_causal, return_lse, capability, override)
+                ptx, shared = compile_ptx(plan, launch, capability)
+                label = f"hd{head_dim} fp16 causal={int(is_causal)} lse={int(return_lse)}"
+                shapes = collections.Counter(re.findall(r"wgmma\.mma_async(?:\.sp)?\.sync\.aligned\.([\w.]+)", ptx))
+                print(f"{label:<28} warps={launch.num_warps} stages={launch.num_stages} "
+                      f"sha256={hashlib.sha256(ptx.encode()).hexdigest()[:16]} shared={shared} "
+                      f"wgmma={dict(sorted(shapes.items())) or '-'}")
+                if args.save:
+                    os.makedirs(args.save, exist_ok=True)
+                    with open(os.path.join(args.save, label.replace(" ", "_").replace("=", "") + ".ptx"), "w") as f:
+                        f.write(ptx)
+
+
+if __name__ == "__main__":
+    main()

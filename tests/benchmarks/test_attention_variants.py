@@ -1,0 +1,25 @@
+"""The two scripts that A/B attention-kernel variants: benchmarks/attention_ab.py --smoke through the interpreter,
+and benchmarks/ptx_diff.py compiling the two-blocks-per-step variant for sm_90 (Q.K^T must be one N=128 wgmma)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def test_attention_ab_smoke():
+    proc = subprocess.run([sys.executable, str(BENCH_DIR / "attention_ab.py"), "--smoke", "--variant",
+                           "key_blocks_per_step=2"], capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("key_blocks_per_step=2") == 3, proc.stdout
+
+
+def test_pair_variant_compiles_to_n128_qk_wgmma():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(BENCH_DIR / "ptx_diff.py"), "--head-dims", "64", "--attention",
+                           "key_blocks_per_step=2"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("hd64")]
+    assert len(lines) == 4 and all("m64n128k32.s32.s8.s8" in line and "m64n64k32" not in line for line in lines), \
+        proc.stdout
