@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from report import LABELS, load_results  # noqa: E402
 
 STYLES = {"sparse_sageattn": ("C0", "o", "-"), "sparse_sageattn_jax": ("C0", "x", "--"),
+          "sparse_sageattn_fp8": ("C5", "P", ":"),
           "flex_attention": ("C1", "s", "-"), "sdpa_cudnn": ("C2", "^", "-"), "sdpa_flash": ("C3", "v", "-"),
           "sageattention_1.0.6": ("C4", "D", "-")}
 

@@ -5,7 +5,8 @@ with `--root .`; equal hashes = identical PTX.
 The launch (constexprs, warps, stages, argument types) comes from that tree's own `make_plan` for a small fp16
 problem at the given capability, so what is compiled is what the frontends would launch. Line info is disabled:
 it records source paths and line numbers, which differ between trees by construction and say nothing about the
-code. `--attention key_blocks_per_step=2` passes make_plan's attention_override (trees that have it).
+code. `--attention key_blocks_per_step=2` passes make_plan's attention_override and `--pv-dtype fp8` its pv_dtype
+(trees that have them).
 
 Also printed per configuration: the shared memory the compile asks for and the distinct wgmma shapes in the PTX.
 Run it in a process without TRITON_INTERPRET (it is removed here before Triton reads it).
@@ -23,7 +24,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-POINTER_TYPES = {"int8": "*i8", "int32": "*i32", "float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
+POINTER_TYPES = {"int8": "*i8", "uint8": "*u8", "int32": "*i32", "float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 
 
 def load_core_kernels(root):
@@ -38,10 +39,12 @@ def load_core_kernels(root):
     return module
 
 
-def attention_launch(ck, head_dim, is_causal, return_lse, capability, attention_override):
+def attention_launch(ck, head_dim, is_causal, return_lse, capability, attention_override, pv_dtype):
     shape = (1, 2, 256, head_dim)
     desc = ck.ArrayDesc(shape, ck.plan.contiguous_strides(shape), "float16")
     extra = {"attention_override": attention_override} if attention_override else {}
+    if pv_dtype != "fp16":
+        extra["pv_dtype"] = pv_dtype
     plan = ck.make_plan(desc, desc, desc, None, is_causal, "HND", None, True, return_lse, capability, **extra)
     (launch,) = [step for step in plan.launches if step.name == "attention"]
     return plan, launch
@@ -73,6 +76,7 @@ def main(argv=None):
     p.add_argument("--head-dims", default="64,128")
     p.add_argument("--attention", action="append", default=[], metavar="FIELD=INT",
                    help="an attention_override entry for make_plan (repeatable)")
+    p.add_argument("--pv-dtype", default="fp16")
     p.add_argument("--save", help="write each PTX to this folder")
     args = p.parse_args(argv)
     triton.knobs.compilation.disable_line_info = True
@@ -84,9 +88,10 @@ def main(argv=None):
     for head_dim in (int(h) for h in args.head_dims.split(",")):
         for is_causal in (False, True):
             for return_lse in (False, True):
-                plan, launch = attention_launch(ck, head_dim, is_causal, return_lse, capability, override)
+                plan, launch = attention_launch(ck, head_dim, is_causal, return_lse, capability, override,
+                                                args.pv_dtype)
                 ptx, shared = compile_ptx(plan, launch, capability)
-                label = f"hd{head_dim} fp16 causal={int(is_causal)} lse={int(return_lse)}"
+                label = f"hd{head_dim} fp16 pv={args.pv_dtype} causal={int(is_causal)} lse={int(return_lse)}"
                 shapes = collections.Counter(re.findall(r"wgmma\.mma_async(?:\.sp)?\.sync\.aligned\.([\w.]+)", ptx))
                 print(f"{label:<28} warps={launch.num_warps} stages={launch.num_stages} "
                       f"sha256={hashlib.sha256(ptx.encode()).hexdigest()[:16]} shared={shared} "

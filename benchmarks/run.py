@@ -49,21 +49,23 @@ REF_ROWS = 64  # accuracy: batch 0, heads 0 and H/2, REF_ROWS sampled query rows
 JAX_GROUP = 4  # JAX calls per timed group (see time_jax)
 QUICK_BUDGET_S = 480  # a device command may run 600 s: install, plots and the report need the rest
 
-# Systems in run order. DENSE_ONLY ones take no block mask; they run at density 1.
+# Systems in run order. DENSE_ONLY ones run at density 1 only (the peers take no block mask; FP8 is P4's, dense).
 OURS, OURS_JAX, FLEX = "sparse_sageattn", "sparse_sageattn_jax", "flex_attention"
+OURS_FP8 = "sparse_sageattn_fp8"  # the torch call with pv_dtype="fp8" (P4)
 SDPA_FLASH, SDPA_CUDNN, SAGE = "sdpa_flash", "sdpa_cudnn", "sageattention_1.0.6"
-SYSTEMS = (OURS, OURS_JAX, FLEX, SDPA_CUDNN, SDPA_FLASH, SAGE)
-DENSE_ONLY = (SDPA_CUDNN, SDPA_FLASH, SAGE)
+SYSTEMS = (OURS, OURS_JAX, OURS_FP8, FLEX, SDPA_CUDNN, SDPA_FLASH, SAGE)
+DENSE_ONLY = (OURS_FP8, SDPA_CUDNN, SDPA_FLASH, SAGE)
 # What the issue's memory bound allows one call beyond its output: the int8 copies of q and k, their scales and the
 # block lists (names of the core plan's buffers).
 MEMORY_BOUND_BUFFERS = ("q_int8", "k_int8", "q_scale", "k_scale", "block_counts", "block_indices")
-ITEMSIZE = {"int8": 1, "int32": 4, "float32": 4, "float16": 2, "bfloat16": 2}  # numpy has no bfloat16
+ITEMSIZE = {"int8": 1, "uint8": 1, "int32": 4, "float32": 4, "float16": 2, "bfloat16": 2}  # numpy has no bfloat16
 
-# Estimate model. Guesses from ../shared/ENVIRONMENT.md and the brief; correct them from a run's meta.timing.
-RATE_TOPS = {OURS: 320, OURS_JAX: 320, FLEX: 400, SDPA_CUDNN: 580, SDPA_FLASH: 340, SAGE: 410}
+# Estimate model. Guesses from ../shared/ENVIRONMENT.md and the brief, ours from the 2026-11-25 H100 run; correct
+# them from a run's meta.timing.
+RATE_TOPS = {OURS: 400, OURS_JAX: 380, OURS_FP8: 450, FLEX: 400, SDPA_CUDNN: 580, SDPA_FLASH: 340, SAGE: 410}
 STARTUP_S = 25  # imports, CUDA and JAX start
-FLEX_FIRST_COMPILE_S = 40  # the first torch.compile in the process
-FLEX_COMPILE_S = 20  # each new (N, head dim, dtype, causal): dynamic=False specialises on shapes
+FLEX_FIRST_COMPILE_S = 25  # the first torch.compile in the process (2026-11-25 run.log: ~25 s)
+FLEX_COMPILE_S = 10  # each new (N, head dim, dtype, causal), dynamic=False (that log: 5-14 s)
 # Triton compiles of the core kernels (lengths are not specialised): the attention kernel per (head dim, dtype,
 # causal), the quantize/sums kernels per (head dim, dtype), block lists per (mask or not, causal). jax-triton
 # compiles the same kernels again, outside Triton's cache.
@@ -246,7 +248,7 @@ class Estimator:
         for name in c.systems:
             ms = work / (RATE_TOPS[name] * 1e12) * 1e3 + 0.03
             seconds += _point_s(ms)
-            if name in (OURS, OURS_JAX):
+            if name in (OURS, OURS_JAX, OURS_FP8):
                 seconds += (ATTENTION_COMPILE_S * self._first((name, c.head_dim, c.dtype, c.causal))
                             + QUANTIZE_COMPILE_S * self._first((name, c.head_dim, c.dtype))
                             + BLOCK_LISTS_COMPILE_S * self._first((name, c.density < 1, c.causal)))
@@ -449,6 +451,7 @@ class Bench:
         q, k, v = (x[:1, heads].float().cpu().numpy() for x in sets[0])
         ref_mask = None if mask is None else mask[:1, heads].cpu().numpy()
         ref_out, _ = reference.attention(q, k, v, ref_mask, c.causal, rows=rows)
+        self.ref_heads_now, self.ref_mask_now, self.ref_rows_now, self.ref_out_now = heads, ref_mask, rows, ref_out
         heads_t = torch.tensor(heads, device=self.device)
         rows_t = torch.tensor(rows, device=self.device)
 
@@ -487,6 +490,8 @@ class Bench:
         causal = c.causal
         if name == OURS:
             return lambda q, k, v: sparse_sageattn(q, k, v, mask, causal)
+        if name == OURS_FP8:
+            return lambda q, k, v: sparse_sageattn(q, k, v, mask, causal, pv_dtype="fp8")
         if name == FLEX:
             full = mask if mask is not None else torch.ones(1, 1, c.n // BLOCK_M, c.n // BLOCK_N, dtype=torch.bool,
                                                             device=self.device)
@@ -520,6 +525,12 @@ class Bench:
             result["first_call_s"] = first_ms / 1e3
             if name == OURS:
                 result.update(self._plan_facts(c, mask, sets, call_ms))
+            if name == OURS_FP8:  # what e4m3 P and V alone cost on these rows: the mode's accuracy floor
+                q, k, v = (x[:1].index_select(1, self.torch.tensor(self.ref_heads_now, device=self.device))
+                           .double().cpu().numpy() for x in sets[0])
+                floor = reference.fp8_pv_attention(q, k, v, self.ref_mask_now, c.causal, rows=self.ref_rows_now)
+                result.update(floor_cosine=reference.cosine(floor, self.ref_out_now),
+                              floor_rel_l1=reference.rel_l1(floor, self.ref_out_now))
         return result
 
     def _run_jax(self, c: Config, mask, rows, heads, accuracy):

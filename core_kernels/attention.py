@@ -2,21 +2,44 @@
 
 One program per (batch, query head, query block of BLOCK_M rows). It walks the block list written by
 block_lists.py: first the `full` entries with no element mask, then the rest with the causal / key-tail
-mask. Scores are INT8 Q.K^T with int32 accumulation, scaled by the two block scales into the log2 domain
-(sm_scale*log2(e) is already folded into Q's scale), then an exp2 online softmax; P.V runs in fp16 with fp32
-accumulation. Rows that see no key end with l == 0 and are written as zeros with lse = -inf.
+mask, one or two list entries per step (KEY_BLOCKS_PER_STEP, from the launch table). Scores are INT8 Q.K^T
+with int32 accumulation, scaled by the two block scales into the log2 domain (sm_scale*log2(e) is already
+folded into Q's scale), then an exp2 online softmax; P.V runs in fp16 with fp32 accumulation, or with
+PV_FP8 as e4m3 P (static scale 448) times e4m3 V^T (per-channel scales), each tile's product added in fp32.
+Rows that see no key end with l == 0 and are written as zeros with lse = -inf.
 """
 import triton
 import triton.language as tl
 
 from .alignment import _aligned
+from .fp8 import E4M3_MAX, to_e4m3
 
 LN2 = tl.constexpr(0.6931471805599453)  # a global a compiled kernel may read must be a tl.constexpr object
+P_FP8_SCALE = E4M3_MAX  # static scale of P (in [0, 1]) in the FP8 P.V mode: its largest value maps to e4m3's
 
 
 @triton.jit
-def _softmax_pv_step(acc, m_i, l_i, s, v_ptrs, v_mask, MASKED: tl.constexpr):
-    """One online-softmax step over the key columns of s (log2 domain) and their V rows."""
+def _attend_tile(
+    acc, m_i, l_i, q, score_scale, k_ptrs, v_ptrs, k_rows, q_rows, n_q, n_k,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+    PV_FP8: tl.constexpr, FP8_SOFTWARE_ROUNDING: tl.constexpr,
+):
+    """One online-softmax step over a tile of keys (global rows k_rows). k_ptrs: the tile's int8 K rows (keys x
+    channels); v_ptrs: its V rows (keys x channels), or in the FP8 mode its e4m3 V^T (channels x keys: FP8 MMAs
+    take both operands K-major). score_scale: q_scale * k_scale, a scalar or a (1, keys) row."""
+    d_valid = tl.arange(0, HEAD_DIM_PAD) < HEAD_DIM
+    if MASKED:
+        key_valid = k_rows < n_k
+        kv_mask = key_valid[:, None] & d_valid[None, :]
+    else:
+        kv_mask = d_valid[None, :]
+    k = tl.load(k_ptrs, mask=kv_mask, other=0)
+    s = tl.dot(q, tl.trans(k)).to(tl.float32) * score_scale
+    if MASKED:
+        visible = key_valid[None, :]
+        if IS_CAUSAL:
+            visible = visible & (k_rows[None, :] <= q_rows[:, None] + (n_k - n_q))
+        s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     if MASKED:
         m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet: no -inf - -inf
@@ -25,51 +48,53 @@ def _softmax_pv_step(acc, m_i, l_i, s, v_ptrs, v_mask, MASKED: tl.constexpr):
     alpha = tl.math.exp2(m_i - m_new_safe)
     p = tl.math.exp2(s - m_new_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    v = tl.load(v_ptrs, mask=v_mask, other=0.0)
     acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(tl.float16), v.to(tl.float16), acc)
+    if PV_FP8:
+        if MASKED:
+            vt_mask = d_valid[:, None] & key_valid[None, :]
+        else:
+            vt_mask = d_valid[:, None]
+        vt = tl.load(v_ptrs, mask=vt_mask, other=0).to(tl.float8e4nv, bitcast=True)
+        p_fp8 = to_e4m3(p * P_FP8_SCALE, FP8_SOFTWARE_ROUNDING)
+        acc += tl.dot(p_fp8, tl.trans(vt))  # a fresh fp32 accumulator per tile, added in fp32
+    else:
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+        acc = tl.dot(p.to(tl.float16), v.to(tl.float16), acc)
     return acc, m_new, l_i
 
 
 @triton.jit
 def _attend_blocks(
     acc, m_i, l_i, q, q_scale,
-    k_head_ptr, k_scale_head_ptr, v_head_ptr, indices_row_ptr, list_start, list_end,
+    k_head_ptr, k_scale_head_ptr, v_head_ptr, v_fp8_head_ptr, indices_row_ptr, list_start, list_end,
     q_rows, n_q, n_k, stride_vn,
-    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    MASKED: tl.constexpr, PV_FP8: tl.constexpr, FP8_SOFTWARE_ROUNDING: tl.constexpr,
 ):
+    """List entries [list_start, list_end), one 64-key block per step."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    d_valid = offs_d < HEAD_DIM
     for it in range(list_start, list_end):
         kb = tl.load(indices_row_ptr + it)
-        k = tl.load(k_head_ptr + kb * (BLOCK_N * HEAD_DIM) + offs_n[:, None] * HEAD_DIM + offs_d[None, :],
-                    mask=d_valid[None, :], other=0)
-        k_scale = tl.load(k_scale_head_ptr + kb)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * (q_scale * k_scale)
-        k_rows = kb * BLOCK_N + offs_n
-        if MASKED:
-            visible = (k_rows < n_k)[None, :]
-            if IS_CAUSAL:
-                visible = visible & (k_rows[None, :] <= q_rows[:, None] + (n_k - n_q))
-            s = tl.where(visible, s, float("-inf"))
-        v_ptrs = v_head_ptr + (kb * BLOCK_N).to(tl.int64) * stride_vn + offs_n[:, None] * stride_vn + offs_d[None, :]
-        if MASKED:
-            v_mask = (k_rows < n_k)[:, None] & d_valid[None, :]
+        k_ptrs = k_head_ptr + kb * (BLOCK_N * HEAD_DIM) + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
+        if PV_FP8:
+            v_ptrs = v_fp8_head_ptr + kb * (BLOCK_N * HEAD_DIM) + offs_d[:, None] * BLOCK_N + offs_n[None, :]
         else:
-            v_mask = d_valid[None, :]
-        acc, m_i, l_i = _softmax_pv_step(acc, m_i, l_i, s, v_ptrs, v_mask, MASKED)
+            v_ptrs = (v_head_ptr + (kb * BLOCK_N).to(tl.int64) * stride_vn + offs_n[:, None] * stride_vn
+                      + offs_d[None, :])
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_scale * tl.load(k_scale_head_ptr + kb), k_ptrs, v_ptrs,
+                                     kb * BLOCK_N + offs_n, q_rows, n_q, n_k, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL,
+                                     MASKED, PV_FP8, FP8_SOFTWARE_ROUNDING)
     return acc, m_i, l_i
 
 
 @triton.jit
 def _attend_block_pairs(
     acc, m_i, l_i, q, q_scale,
-    k_head_ptr, k_scale_head_ptr, v_head_ptr, indices_row_ptr, list_start, list_end,
+    k_head_ptr, k_scale_head_ptr, v_head_ptr, v_fp8_head_ptr, indices_row_ptr, list_start, list_end,
     q_rows, n_q, n_k, stride_vn,
-    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    MASKED: tl.constexpr, PV_FP8: tl.constexpr, FP8_SOFTWARE_ROUNDING: tl.constexpr,
 ):
     """Entries [list_start, list_end) two at a time: one 2*BLOCK_N-key tile per step, rows (and score columns)
     0..BLOCK_N-1 from the first block, the rest from the second. Unmasked calls get an even count. In masked
@@ -79,7 +104,6 @@ def _attend_block_pairs(
     first_half = offs_n < BLOCK_N
     offs_in_block = offs_n % BLOCK_N
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    d_valid = offs_d < HEAD_DIM
     n_kb = tl.cdiv(n_k, BLOCK_N)
     for it in range(list_start, list_end, 2):
         kb_a = tl.load(indices_row_ptr + it)
@@ -92,21 +116,15 @@ def _attend_block_pairs(
         kb = tl.where(first_half, kb_a, kb_b)
         k_rows = kb * BLOCK_N + offs_in_block
         k_ptrs = k_head_ptr + kb[:, None] * (BLOCK_N * HEAD_DIM) + offs_in_block[:, None] * HEAD_DIM + offs_d[None, :]
-        if MASKED:
-            kv_mask = (k_rows < n_k)[:, None] & d_valid[None, :]
+        if PV_FP8:
+            v_ptrs = (v_fp8_head_ptr + kb[None, :] * (BLOCK_N * HEAD_DIM) + offs_d[:, None] * BLOCK_N
+                      + offs_in_block[None, :])
         else:
-            kv_mask = d_valid[None, :]
-        k = tl.load(k_ptrs, mask=kv_mask, other=0)
+            v_ptrs = v_head_ptr + k_rows.to(tl.int64)[:, None] * stride_vn + offs_d[None, :]
         # Per-column scales; each product is the one the one-block path forms, so scores match it exactly.
-        scale = tl.where(first_half, q_scale * tl.load(k_scale_head_ptr + kb_a), q_scale * scale_b)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale[None, :]
-        if MASKED:
-            visible = (k_rows < n_k)[None, :]
-            if IS_CAUSAL:
-                visible = visible & (k_rows[None, :] <= q_rows[:, None] + (n_k - n_q))
-            s = tl.where(visible, s, float("-inf"))
-        v_ptrs = v_head_ptr + k_rows.to(tl.int64)[:, None] * stride_vn + offs_d[None, :]
-        acc, m_i, l_i = _softmax_pv_step(acc, m_i, l_i, s, v_ptrs, kv_mask, MASKED)
+        score_scale = tl.where(first_half, q_scale * tl.load(k_scale_head_ptr + kb_a), q_scale * scale_b)
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, score_scale[None, :], k_ptrs, v_ptrs, k_rows, q_rows, n_q,
+                                     n_k, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, MASKED, PV_FP8, FP8_SOFTWARE_ROUNDING)
     return acc, m_i, l_i
 
 
@@ -115,15 +133,18 @@ def _attend_block_pairs(
     "stride_vb", "stride_vh", "stride_vn", "stride_ob", "stride_oh", "stride_on",
 ])
 def attention_kernel(
-    q_int8_ptr, q_scale_ptr, k_int8_ptr, k_scale_ptr, v_ptr, counts_ptr, indices_ptr, row_shift_ptr,
+    q_int8_ptr, q_scale_ptr, k_int8_ptr, k_scale_ptr, v_ptr, v_fp8_ptr, v_scale_ptr, counts_ptr, indices_ptr,
+    row_shift_ptr,
     n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     out_ptr, lse_ptr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr, SHIFT_LSE: tl.constexpr, STRIDE_ALIGN: tl.constexpr,
-    KEY_BLOCKS_PER_STEP: tl.constexpr,
+    KEY_BLOCKS_PER_STEP: tl.constexpr, PV_FP8: tl.constexpr, FP8_SOFTWARE_ROUNDING: tl.constexpr,
 ):
+    """v_fp8_ptr / v_scale_ptr: V^T in e4m3 per key block and its per-channel scales (quantize_v), read only when
+    PV_FP8; v_ptr is read only without it."""
     stride_vb, stride_vh, stride_vn = _aligned(stride_vb, stride_vh, stride_vn, STRIDE_ALIGN)
     stride_ob, stride_oh, stride_on = _aligned(stride_ob, stride_oh, stride_on, STRIDE_ALIGN)
     n_qb = tl.cdiv(n_q, BLOCK_M)
@@ -152,28 +173,35 @@ def attention_kernel(
     k_head_ptr = k_int8_ptr + kv_bh.to(tl.int64) * n_kb * (BLOCK_N * HEAD_DIM)
     k_scale_head_ptr = k_scale_ptr + kv_bh.to(tl.int64) * n_kb
     v_head_ptr = v_ptr + b.to(tl.int64) * stride_vb + (h // kv_group).to(tl.int64) * stride_vh
+    v_fp8_head_ptr = v_fp8_ptr + kv_bh.to(tl.int64) * n_kb * (BLOCK_N * HEAD_DIM)
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PAD], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     if KEY_BLOCKS_PER_STEP == 1:
         acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
-                                       indices_row_ptr, 0, n_full, q_rows, n_q, n_k, stride_vn,
-                                       BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, False)
+                                       v_fp8_head_ptr, indices_row_ptr, 0, n_full, q_rows, n_q, n_k, stride_vn,
+                                       BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, False, PV_FP8,
+                                       FP8_SOFTWARE_ROUNDING)
         acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
-                                       indices_row_ptr, n_full, n_live, q_rows, n_q, n_k, stride_vn,
-                                       BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, True)
+                                       v_fp8_head_ptr, indices_row_ptr, n_full, n_live, q_rows, n_q, n_k, stride_vn,
+                                       BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, True, PV_FP8,
+                                       FP8_SOFTWARE_ROUNDING)
     else:
         # Unmasked pairs up to the last even full entry; an odd full block joins the masked steps (its mask is
         # all-visible), which keeps the unmasked loop free of any per-step test.
         n_full_even = n_full - n_full % 2
         acc, m_i, l_i = _attend_block_pairs(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
-                                            indices_row_ptr, 0, n_full_even, q_rows, n_q, n_k, stride_vn,
-                                            BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, False)
+                                            v_fp8_head_ptr, indices_row_ptr, 0, n_full_even, q_rows, n_q, n_k,
+                                            stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, False, PV_FP8,
+                                            FP8_SOFTWARE_ROUNDING)
         acc, m_i, l_i = _attend_block_pairs(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
-                                            indices_row_ptr, n_full_even, n_live, q_rows, n_q, n_k, stride_vn,
-                                            BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, True)
+                                            v_fp8_head_ptr, indices_row_ptr, n_full_even, n_live, q_rows, n_q, n_k,
+                                            stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, True, PV_FP8,
+                                            FP8_SOFTWARE_ROUNDING)
 
+    if PV_FP8:  # undo both static scales: P's, and V's per channel
+        acc = acc * (tl.load(v_scale_ptr + kv_bh.to(tl.int64) * HEAD_DIM_PAD + offs_d) * (1.0 / P_FP8_SCALE))[None, :]
     seen_nothing = l_i == 0.0
     out = acc / tl.where(seen_nothing, 1.0, l_i)[:, None]  # acc is 0 there too: zeros, never 0/0
     row_valid = q_rows < n_q

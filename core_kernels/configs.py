@@ -22,7 +22,8 @@ class KernelConfig:
 @dataclass(frozen=True)
 class AttentionConfig(KernelConfig):
     # List entries (64-key blocks) one iteration consumes: 1, or 2 gathered into one 128-key tile (one Q.K^T of
-    # N=128 and one softmax rescale per 128 keys). 2 is not GPU-verified yet: no table entry uses it.
+    # N=128 and one softmax rescale per 128 keys). H100, kernel only (benchmarks/NOTES.md): 2 is 1.07-1.16x
+    # faster at hd128 and 0.99-1.06x at hd64, so sm_90 takes it for both; sm_80 and hd256 are unmeasured.
     key_blocks_per_step: int = 1
 
     def __post_init__(self):
@@ -44,16 +45,16 @@ DEFAULT = LaunchConfigs(
 )
 
 
-def _configs(attention_warps: int, attention_stages: int) -> LaunchConfigs:
-    return LaunchConfigs(AttentionConfig(attention_warps, attention_stages), _SIMPLE, _SIMPLE)
+def _configs(attention_warps: int, attention_stages: int, key_blocks_per_step: int = 1) -> LaunchConfigs:
+    return LaunchConfigs(AttentionConfig(attention_warps, attention_stages, key_blocks_per_step), _SIMPLE, _SIMPLE)
 
 
 # (capability, head_dim tile, dtype) -> configs; capability is major*10 + minor, or the major alone as a fallback.
 TABLE = {
-    (9, 64, "float16"): _configs(4, 3),
-    (9, 64, "bfloat16"): _configs(4, 3),
-    (9, 128, "float16"): _configs(8, 3),
-    (9, 128, "bfloat16"): _configs(8, 3),
+    (9, 64, "float16"): _configs(4, 3, 2),
+    (9, 64, "bfloat16"): _configs(4, 3, 2),
+    (9, 128, "float16"): _configs(8, 3, 2),
+    (9, 128, "bfloat16"): _configs(8, 3, 2),
     (9, 256, "float16"): _configs(8, 2),
     (9, 256, "bfloat16"): _configs(8, 2),
     (8, 64, "float16"): _configs(4, 3),

@@ -19,6 +19,8 @@ from .prepare import quantize_kernel, sums_and_lists_kernel
 FLOAT_DTYPES = ("float16", "bfloat16")
 MASK_DTYPES = ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
 LAYOUTS = ("HND", "NHD")
+PV_DTYPES = ("fp16", "fp8")
+FP8_MIN_CAPABILITY = (8, 9)  # e4m3 tensor-core MMAs: Ada, Hopper and newer
 MAX_HEAD_DIM = 256
 LOG2E = 1.4426950408889634
 # In-tile offsets are int32 (block bases are int64): a tile of BLOCK_M rows must stay below 2**31 elements.
@@ -40,7 +42,7 @@ class ArrayDesc:
 @dataclass(frozen=True)
 class Buffer:
     shape: tuple
-    dtype: str  # "int8", "int32", "float32", or the dtype of q
+    dtype: str  # "int8", "uint8" (e4m3 bits), "int32", "float32", or the dtype of q
     fill: float | None = None  # None: every element is written by a launch (allocate uninitialised)
 
 
@@ -115,10 +117,13 @@ def _mask_strides(mask: ArrayDesc, target: tuple):
 
 
 def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tensor_layout, sm_scale,
-             smooth_k, return_lse):
+             smooth_k, return_lse, pv_dtype="fp16"):
     """Raise ValueError/TypeError naming the argument for anything the kernels do not support."""
     if tensor_layout not in LAYOUTS:
         raise ValueError(f"sparse_sageattn: tensor_layout must be 'HND' or 'NHD', got {tensor_layout!r}")
+    if pv_dtype not in PV_DTYPES:
+        raise ValueError(f"sparse_sageattn: pv_dtype must be 'fp16' (SageAttention V1's P.V) or 'fp8' (e4m3 P and "
+                         f"V, sm_89 and newer), got {pv_dtype!r}")
     _check_flag("is_causal", is_causal)
     _check_flag("smooth_k", smooth_k)
     _check_flag("return_lse", return_lse)
@@ -190,13 +195,17 @@ def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tenso
 
 def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | None = None, is_causal=False,
               tensor_layout="HND", sm_scale=None, smooth_k=True, return_lse=False, capability=None, *,
-              attention_override=None) -> Plan:
+              pv_dtype="fp16", attention_override=None) -> Plan:
     """Validate and resolve one sparse_sageattn call. `capability`: (major, minor) of the GPU, None = interpreter.
 
     attention_override: fields replacing the table's attention entry (configs.lookup); for benchmarks and tests
     of a variant, never passed by the frontends.
     """
-    validate(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse)
+    validate(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype)
+    pv_fp8 = pv_dtype == "fp8"
+    if pv_fp8 and capability is not None and tuple(capability) < FP8_MIN_CAPABILITY:
+        raise ValueError(f"sparse_sageattn: pv_dtype='fp8' needs FP8 tensor cores (compute capability 8.9 or newer: "
+                         f"Ada, Hopper, Blackwell); this GPU is sm_{capability[0]}{capability[1]}: use pv_dtype='fp16'")
     b_axis, h_axis, n_axis = (0, 1, 2) if tensor_layout == "HND" else (0, 2, 1)
     batch, heads_q, n_q = q.shape[b_axis], q.shape[h_axis], q.shape[n_axis]
     head_dim = int(q.shape[3])  # a constexpr: specialise it even when shapes are symbolic
@@ -239,32 +248,39 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         list_b = batch if mask_shape[0] != 1 else 1
         list_h = heads_q if mask_shape[1] != 1 else 1
     n_chunks = _cdiv(n_k, configs.ROWS_PER_CHUNK)
-    sum_programs = batch * heads_kv * n_chunks if smooth_k else 0
-    # Without smoothing the partial sums are neither written nor read: a one-element slot.
-    buffers["k_channel_sums"] = Buffer(_flat(batch * heads_kv, n_chunks, head_dim_pad) if smooth_k else (1,),
-                                       "float32")
+    chunk_programs = batch * heads_kv * n_chunks if smooth_k or pv_fp8 else 0
+    # A buffer its mode does not use is neither written nor read: a one-element slot.
+    chunk_partials = _flat(batch * heads_kv, n_chunks, head_dim_pad)
+    buffers["k_channel_sums"] = Buffer(chunk_partials if smooth_k else (1,), "float32")
+    buffers["v_channel_amax"] = Buffer(chunk_partials if pv_fp8 else (1,), "float32")
     buffers["block_counts"] = Buffer(_flat(list_b * list_h, n_qb, 2), "int32")
     buffers["block_indices"] = Buffer(_flat(list_b * list_h, n_qb, n_kb), "int32")
-    launch("sums_and_lists", sums_and_lists_kernel, (sum_programs + list_b * list_h * n_qb,), ["k", mask_name],
-           [n_q, n_k, heads_kv, list_h, sum_programs, *k_strides, *mask_strides],
-           ["k_channel_sums", "block_counts", "block_indices"],
+    launch("sums_and_lists", sums_and_lists_kernel, (chunk_programs + list_b * list_h * n_qb,),
+           ["k", "v", mask_name],
+           [n_q, n_k, heads_kv, list_h, chunk_programs, *k_strides, *v_strides, *mask_strides],
+           ["k_channel_sums", "v_channel_amax", "block_counts", "block_indices"],
            dict(ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, TILE_ROWS=configs.SUMS_TILE_ROWS, **dims, SMOOTH_K=smooth_k,
-                BLOCK_M=block_m, BLOCK_N=block_n, KB_TILE=configs.KB_TILE, HAS_MASK=mask_id is not None,
-                IS_CAUSAL=is_causal),
+                PV_FP8=pv_fp8, BLOCK_M=block_m, BLOCK_N=block_n, KB_TILE=configs.KB_TILE,
+                HAS_MASK=mask_id is not None, IS_CAUSAL=is_causal),
            cfg.sums_and_lists)
 
     shift_lse = smooth_k and return_lse
-    k_programs = batch * heads_kv * n_kb
+    k_programs, q_programs = batch * heads_kv * n_kb, batch * heads_q * n_qb
+    fp8 = dict(PV_FP8=pv_fp8, FP8_SOFTWARE_ROUNDING=capability is None)  # see fp8.py: the interpreter's cast
     buffers["q_int8"] = Buffer(_flat(batch * heads_q, n_qb * block_m, head_dim), "int8")
     buffers["q_scale"] = Buffer(_flat(batch * heads_q, n_qb), "float32")
     buffers["q_row_shift"] = Buffer(_flat(batch * heads_q, n_qb * block_m) if shift_lse else (1,), "float32")
     buffers["k_int8"] = Buffer(_flat(batch * heads_kv, n_kb * block_n, head_dim), "int8")
     buffers["k_scale"] = Buffer(_flat(batch * heads_kv, n_kb), "float32")
-    launch("quantize", quantize_kernel, (k_programs + batch * heads_q * n_qb,), ["q", "k", "k_channel_sums"],
-           [float(sm_scale) * LOG2E, n_q, n_k, heads_q, heads_kv, k_programs, *q_strides, *k_strides],
-           ["q_int8", "q_scale", "q_row_shift", "k_int8", "k_scale"],
+    buffers["v_fp8"] = Buffer(_flat(batch * heads_kv, n_kb * block_n, head_dim) if pv_fp8 else (1,), "uint8")
+    buffers["v_scale"] = Buffer(_flat(batch * heads_kv, head_dim_pad) if pv_fp8 else (1,), "float32")
+    launch("quantize", quantize_kernel, (k_programs + q_programs + (k_programs if pv_fp8 else 0),),
+           ["q", "k", "v", "k_channel_sums", "v_channel_amax"],
+           [float(sm_scale) * LOG2E, n_q, n_k, heads_q, heads_kv, k_programs, q_programs, *q_strides, *k_strides,
+            *v_strides],
+           ["q_int8", "q_scale", "q_row_shift", "k_int8", "k_scale", "v_fp8", "v_scale"],
            dict(BLOCK_M=block_m, BLOCK_N=block_n, ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SMOOTH_K=smooth_k,
-                WRITE_ROW_SHIFT=shift_lse, **dims),
+                WRITE_ROW_SHIFT=shift_lse, **dims, **fp8),
            cfg.quantize)
 
     buffers["out"] = Buffer(out_shape, q.dtype)
@@ -272,12 +288,13 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
     out_strides = _bhnd_strides(ArrayDesc(out_shape, contiguous_strides(out_shape), q.dtype), tensor_layout)
     out_strides = tuple(s // stride_align for s in out_strides)  # multiples of 8 (D is): exact
     launch("attention", attention_kernel, (batch * heads_q * n_qb,),
-           ["q_int8", "q_scale", "k_int8", "k_scale", "v", "block_counts", "block_indices", "q_row_shift"],
+           ["q_int8", "q_scale", "k_int8", "k_scale", "v", "v_fp8", "v_scale", "block_counts", "block_indices",
+            "q_row_shift"],
            [n_q, n_k, heads_q, kv_group, list_h if list_b != 1 else 0, 1 if list_h != 1 else 0,
             *v_strides, *out_strides],
            ["out", "lse"],
            dict(BLOCK_M=block_m, BLOCK_N=block_n, IS_CAUSAL=is_causal, RETURN_LSE=return_lse,
-                SHIFT_LSE=shift_lse, KEY_BLOCKS_PER_STEP=cfg.attention.key_blocks_per_step, **dims),
+                SHIFT_LSE=shift_lse, KEY_BLOCKS_PER_STEP=cfg.attention.key_blocks_per_step, **dims, **fp8),
            cfg.attention)
     return Plan(buffers, tuple(launches))
 

@@ -1,22 +1,29 @@
 """Per-block INT8 quantization of Q and K (SageAttention V1), with K smoothed by its mean.
 
 Device functions, called by the launches of prepare.py:
-  _channel_sums    one chunk of ROWS_PER_CHUNK keys -> one row of fp32 partial channel sums. Splitting the sum
-                   over chunks keeps every SM busy when B*H is small; the partials are later added in a fixed
-                   order, so the mean is deterministic (no atomics).
+  _channel_reduce  one chunk of ROWS_PER_CHUNK keys -> one row of fp32 partial channel sums (K, for its mean)
+                   or channel maxima of |x| (V, for its FP8 scales). Splitting over chunks keeps every SM busy
+                   when B*H is small; the partials are later combined in a fixed order, so the result is
+                   deterministic (no atomics).
   _quantize_block  one block of rows -> INT8 rows + one fp32 scale. Called for K (mean subtracted) and for Q
                    (sm_scale*log2(e) folded in, optional per-row q.mean for the lse).
+  _quantize_v_block  the FP8 P.V mode: one block of BLOCK_N keys of V -> e4m3 V^T (channels x keys), scaled per
+                   channel by 448 / max|V[:, channel]| over all keys (SageAttention2's per-channel V scale).
 Strides reaching them are in elements, already multiplied back by `_aligned`.
 """
 import triton
 import triton.language as tl
 
+from .fp8 import E4M3_MAX, to_e4m3
+
 
 @triton.jit
-def _channel_sums(
-    x_ptr, bh, chunk, n_chunks, n_rows, heads, stride_b, stride_h, stride_n, partial_sums_ptr,
+def _channel_reduce(
+    x_ptr, bh, chunk, n_chunks, n_rows, heads, stride_b, stride_h, stride_n, partial_ptr,
     ROWS_PER_CHUNK: tl.constexpr, TILE_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+    ABS_MAX: tl.constexpr,
 ):
+    """Sums (ABS_MAX False) or maxima of |x| ignoring NaNs (ABS_MAX True) over the chunk's rows, per channel."""
     b = bh // heads
     h = bh % heads
     first_row = chunk * ROWS_PER_CHUNK
@@ -29,14 +36,21 @@ def _channel_sums(
         tile_ptr = chunk_ptr + r0 * stride_n
         valid = (rows < n_rows)[:, None] & (offs_d < HEAD_DIM)[None, :]
         x = tl.load(tile_ptr + offs_r[:, None] * stride_n + offs_d[None, :], mask=valid, other=0.0)
-        acc += x.to(tl.float32)
-    out_ptr = partial_sums_ptr + (bh.to(tl.int64) * n_chunks + chunk) * HEAD_DIM_PAD
-    tl.store(out_ptr + offs_d, tl.sum(acc, axis=0))
+        if ABS_MAX:
+            # a NaN keeps its own e4m3 NaN and reaches the output; it must not make the channel's scale NaN
+            acc = tl.maximum(acc, tl.where(x == x, tl.abs(x.to(tl.float32)), 0.0))
+        else:
+            acc += x.to(tl.float32)
+    out_ptr = partial_ptr + (bh.to(tl.int64) * n_chunks + chunk) * HEAD_DIM_PAD
+    if ABS_MAX:
+        tl.store(out_ptr + offs_d, tl.max(acc, axis=0))
+    else:
+        tl.store(out_ptr + offs_d, tl.sum(acc, axis=0))
 
 
 @triton.jit
 def _channel_mean(partial_sums_ptr, mean_bh, n_mean_rows, ROWS_PER_CHUNK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
-    """Mean over n_mean_rows of one (batch, kv head), from _channel_sums' partials, in chunk order."""
+    """Mean over n_mean_rows of one (batch, kv head), from _channel_reduce's partial sums, in chunk order."""
     n_chunks = tl.cdiv(n_mean_rows, ROWS_PER_CHUNK)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     row_ptr = partial_sums_ptr + mean_bh.to(tl.int64) * n_chunks * HEAD_DIM_PAD
@@ -89,3 +103,37 @@ def _quantize_block(
     out_ptr = x_int8_ptr + (bh.to(tl.int64) * n_blocks + blk) * (BLOCK_ROWS * HEAD_DIM)
     tl.store(out_ptr + offs_r[:, None] * HEAD_DIM + offs_d[None, :], x_int8, mask=d_valid[None, :])
     tl.store(x_scale_ptr + bh.to(tl.int64) * n_blocks + blk, scale)
+
+
+@triton.jit
+def _quantize_v_block(
+    v_ptr, partial_amax_ptr, bh, blk, n_blocks, n_rows, heads, stride_b, stride_h, stride_n, v_fp8_ptr, v_scale_ptr,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, ROWS_PER_CHUNK: tl.constexpr,
+    FP8_SOFTWARE_ROUNDING: tl.constexpr,
+):
+    """V[b, h, keys of block] -> e4m3 bits of V^T (HEAD_DIM x BLOCK_N, keys contiguous) at block blk of
+    [B*H, n_blocks, HEAD_DIM, BLOCK_N]; block 0 also writes the dequantization scales max|V[:, d]| / 448.
+
+    Keys past n_rows are written as zeros; a channel that is all zeros gets scale 0 (never 0/0).
+    """
+    b = bh // heads
+    h = bh % heads
+    offs_r = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    rows = blk * BLOCK_N + offs_r
+    d_valid = offs_d < HEAD_DIM
+    valid = (rows < n_rows)[:, None] & d_valid[None, :]
+    block_ptr = v_ptr + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + (blk * BLOCK_N).to(tl.int64) * stride_n
+    x = tl.load(block_ptr + offs_r[:, None] * stride_n + offs_d[None, :], mask=valid, other=0.0).to(tl.float32)
+    n_chunks = tl.cdiv(n_rows, ROWS_PER_CHUNK)
+    amax_row_ptr = partial_amax_ptr + bh.to(tl.int64) * n_chunks * HEAD_DIM_PAD
+    amax = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
+    for c in range(0, n_chunks):
+        amax = tl.maximum(amax, tl.load(amax_row_ptr + c * HEAD_DIM_PAD + offs_d))
+    inv_scale = tl.where(amax > 0.0, E4M3_MAX / amax, 0.0)
+    x_fp8 = to_e4m3(x * inv_scale[None, :], FP8_SOFTWARE_ROUNDING)
+    out_ptr = v_fp8_ptr + (bh.to(tl.int64) * n_blocks + blk) * (HEAD_DIM * BLOCK_N)
+    tl.store(out_ptr + offs_d[:, None] * BLOCK_N + offs_r[None, :], tl.trans(x_fp8.to(tl.uint8, bitcast=True)),
+             mask=d_valid[:, None])
+    if blk == 0:
+        tl.store(v_scale_ptr + bh.to(tl.int64) * HEAD_DIM_PAD + offs_d, amax / E4M3_MAX)

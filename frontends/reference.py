@@ -51,6 +51,41 @@ def attention(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", sm_sc
     return (out if tensor_layout == "HND" else out.transpose(0, 2, 1, 3)), lse
 
 
+E4M3_MAX = 448.0
+
+
+def round_e4m3(x):
+    """float64 -> the nearest FP8 e4m3 value (ties to even), saturating at +-448; NaN stays NaN."""
+    x = np.clip(np.asarray(x, np.float64), -E4M3_MAX, E4M3_MAX)
+    _, exponent = np.frexp(x)  # |x| = m * 2**exponent, m in [0.5, 1)
+    step = np.exp2(np.maximum(exponent, -5) - 4.0)  # 4 significant bits; subnormals: a uniform 2**-9 grid
+    return np.round(x / step) * step  # np.round rounds half to even
+
+
+def fp8_pv_attention(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", sm_scale=None, rows=None):
+    """attention() with only the FP8 P.V mode's two roundings, the rest float64: P (scaled by its row maximum)
+    times 448, and V scaled per channel by 448 / max|V| over the keys, both rounded to e4m3. What the format
+    alone costs: the error floor of pv_dtype="fp8", against which the kernels' FP8 accuracy is judged."""
+    q, k, v = (to_bhnd(x, tensor_layout) for x in (q, k, v))
+    batch, heads_q, n_q, head_dim = q.shape
+    if rows is not None:
+        q = q[:, :, rows]
+    amax = np.abs(v).max(axis=2, keepdims=True)
+    v_scale = amax / E4M3_MAX
+    v_e4m3 = round_e4m3(v / np.where(amax > 0, v_scale, 1.0))
+    group = heads_q // k.shape[1]
+    k, v_e4m3, v_scale = (np.repeat(x, group, axis=1) for x in (k, v_e4m3, v_scale))
+    scale = 1.0 / np.sqrt(head_dim) if sm_scale is None else sm_scale
+    logits = np.einsum("bhid,bhjd->bhij", q, k) * scale
+    logits = np.where(visible_pairs(batch, heads_q, n_q, k.shape[2], mask_id, is_causal, rows), logits, -np.inf)
+    row_max = logits.max(axis=-1, keepdims=True, initial=-np.inf)
+    weights = np.exp(logits - np.where(np.isfinite(row_max), row_max, 0.0))
+    total = weights.sum(axis=-1, keepdims=True)
+    acc = np.einsum("bhij,bhjd->bhid", round_e4m3(weights * E4M3_MAX), v_e4m3) * (v_scale / E4M3_MAX)
+    out = acc / np.where(total == 0, 1.0, total)
+    return out if tensor_layout == "HND" else out.transpose(0, 2, 1, 3)
+
+
 def cosine(a, b):
     a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300))
@@ -80,6 +115,18 @@ def assert_close(out, lse, ref_out, ref_lse, tensor_layout="HND"):
     assert np.array_equal(np.isneginf(lse), empty_rows)
     assert not to_bhnd(out, tensor_layout)[empty_rows].any()
     assert np.abs(lse[~empty_rows] - ref_lse[~empty_rows]).max(initial=0.0) <= LSE_ABS_MAX
+
+
+def assert_close_fp8(out, ref_out, floor_out):
+    """The bounds of pv_dtype="fp8": its error may be the e4m3 floor (`floor_out`, from fp8_pv_attention) plus what
+    the INT8 attention is allowed on its own. Independent errors add their squared norms: 1 - cosine adds
+    (COS_MIN's budget on top of the floor's), relative L1 adds in quadrature (REL_L1_MAX's)."""
+    out, ref_out = np.asarray(out, np.float64), np.asarray(ref_out, np.float64)
+    assert out.shape == ref_out.shape and np.isfinite(out).all()
+    cos_min = cosine(floor_out, ref_out) - (1.0 - COS_MIN)
+    rel_l1_max = float(np.hypot(rel_l1(floor_out, ref_out), REL_L1_MAX))
+    assert cosine(out, ref_out) >= cos_min, f"cosine {cosine(out, ref_out):.6f} < {cos_min:.6f}"
+    assert rel_l1(out, ref_out) <= rel_l1_max, f"relative L1 {rel_l1(out, ref_out):.4f} > {rel_l1_max:.4f}"
 
 
 def predicted_mask(q, k, cdf_threshold=None, topk=None, is_causal=False, tensor_layout="HND", sm_scale=None):

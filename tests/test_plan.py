@@ -10,15 +10,15 @@ def desc(shape, dtype="float16"):
     return ArrayDesc(shape, contiguous_strides(shape), dtype)
 
 
-def attention_plan(mask=False, is_causal=False, smooth_k=True, return_lse=False, heads_q=4, heads_kv=2, n_q=300,
-                   n_k=2500):
+def attention_plan(mask=False, is_causal=False, smooth_k=True, return_lse=False, pv_dtype="fp16", heads_q=4,
+                   heads_kv=2, n_q=300, n_k=2500):
     q, kv = desc((2, heads_q, n_q, 64)), desc((2, heads_kv, n_k, 64))
     mask_id = desc((heads_q, -(-n_q // 128), -(-n_k // 64)), "bool") if mask else None
-    return make_plan(q, kv, kv, mask_id, is_causal, "HND", None, smooth_k, return_lse)
+    return make_plan(q, kv, kv, mask_id, is_causal, "HND", None, smooth_k, return_lse, pv_dtype=pv_dtype)
 
 
 MODES = [dict(), dict(mask=True, is_causal=True, return_lse=True), dict(smooth_k=False, return_lse=True),
-         dict(mask=True, smooth_k=False)]
+         dict(mask=True, smooth_k=False), dict(pv_dtype="fp8"), dict(smooth_k=False, pv_dtype="fp8")]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -27,14 +27,17 @@ def test_three_launches_split_by_program_id(mode):
     assert [step.name for step in plan.launches] == ["sums_and_lists", "quantize", "attention"]
     sums_and_lists, quantize, _ = plan.launches
     chunks, n_qb, n_kb = -(-2500 // configs.ROWS_PER_CHUNK), -(-300 // configs.BLOCK_M), -(-2500 // configs.BLOCK_N)
-    sum_programs = 2 * 2 * chunks if mode.get("smooth_k", True) else 0
+    fp8 = mode.get("pv_dtype") == "fp8"
+    # K's sums and (FP8 P.V) V's maxima share the chunk programs
+    chunk_programs = 2 * 2 * chunks if mode.get("smooth_k", True) or fp8 else 0
     lists = 4 if mode.get("mask") else 1  # a (Hq, Qb, Kb) mask: one list per head, shared over the batch
-    scalars = dict(zip(sums_and_lists.kernel.arg_names[2:], sums_and_lists.scalars))
-    assert scalars["sum_programs"] == sum_programs
-    assert sums_and_lists.grid == (sum_programs + lists * n_qb,)
-    scalars = dict(zip(quantize.kernel.arg_names[3:], quantize.scalars))
-    assert scalars["k_programs"] == 2 * 2 * n_kb
-    assert quantize.grid == (2 * 2 * n_kb + 2 * 4 * n_qb,)
+    scalars = dict(zip(sums_and_lists.kernel.arg_names[len(sums_and_lists.inputs):], sums_and_lists.scalars))
+    assert scalars["chunk_programs"] == chunk_programs
+    assert sums_and_lists.grid == (chunk_programs + lists * n_qb,)
+    scalars = dict(zip(quantize.kernel.arg_names[len(quantize.inputs):], quantize.scalars))
+    assert scalars["k_programs"] == 2 * 2 * n_kb and scalars["q_programs"] == 2 * 4 * n_qb
+    assert quantize.grid == (2 * 2 * n_kb * (2 if fp8 else 1) + 2 * 4 * n_qb,)  # V blocks after Q's (FP8)
+    assert (plan.buffers["v_fp8"].shape == (2 * 2 * n_kb * 64 * 64,)) == fp8
 
 
 def all_launches():

@@ -38,6 +38,7 @@ class _Options:
     sm_scale: float | None
     smooth_k: bool
     return_lse: bool
+    pv_dtype: str
 
 
 def _desc(x) -> ArrayDesc:
@@ -48,7 +49,7 @@ def _desc(x) -> ArrayDesc:
 def _plan(arrays, options: _Options, capability=None):
     descs = [_desc(x) for x in arrays]
     return make_plan(*descs[:3], descs[3] if len(descs) == 4 else None, options.is_causal, options.tensor_layout,
-                     options.sm_scale, options.smooth_k, options.return_lse, capability)
+                     options.sm_scale, options.smooth_k, options.return_lse, capability, pv_dtype=options.pv_dtype)
 
 
 def _compute_capability():
@@ -195,7 +196,7 @@ def _forward(q, k, v, mask_id, options: _Options):
 
 
 def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", *, sm_scale=None, smooth_k=True,
-                    return_lse=False):
+                    return_lse=False, pv_dtype="fp16"):
     """Block-sparse INT8 attention with SageAttention V1 numerics, for JAX (eager or under jax.jit).
 
     Args:
@@ -209,7 +210,10 @@ def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND",
       sm_scale: softmax scale, default 1/sqrt(D).
       smooth_k: subtract K's mean over the keys before quantization (exact under softmax).
       return_lse: also return the float32 log-sum-exp (B, Hq, Nq) of the scaled logits (natural log).
-      is_causal, tensor_layout, sm_scale, smooth_k and return_lse are static under jit.
+      pv_dtype: "fp16" (default, SageAttention V1: P and V in fp16) or "fp8" (SageAttention2-style: P in e4m3
+        with the static scale 448, V in e4m3 scaled per channel, fp32 accumulation across key blocks). On CUDA
+        "fp8" needs compute capability 8.9 or newer (Ada, Hopper) and is refused on older GPUs.
+      is_causal, tensor_layout, sm_scale, smooth_k, return_lse and pv_dtype are static under jit.
 
     Returns:
       out with q's dtype and layout, or (out, lse). Rows that see no key are zeros with lse -inf.
@@ -223,8 +227,8 @@ def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND",
         if not isinstance(x, jax.Array):
             raise TypeError(f"sparse_sageattn: {name} must be a jax.Array, got {type(x).__name__}")
     validate(_desc(q), _desc(k), _desc(v), None if mask_id is None else _desc(mask_id), is_causal, tensor_layout,
-             sm_scale, smooth_k, return_lse)
+             sm_scale, smooth_k, return_lse, pv_dtype)
     options = _Options(is_causal, tensor_layout, None if sm_scale is None else float(sm_scale), smooth_k,
-                       return_lse)
+                       return_lse, pv_dtype)
     outputs = _forward(q, k, v, mask_id, options=options)
     return outputs if return_lse else outputs[0]

@@ -3,7 +3,8 @@
 It follows the kernels' numerics step by step (SageAttention V1): Q quantized to INT8 per block of 128 rows
 with sm_scale*log2(e) folded in, K per block of 64 rows after subtracting its mean over the keys, an INT8 Q.K^T
 with int32 accumulation scaled into the log2 domain, an exp2 softmax, P.V with fp16 operands and fp32
-accumulation. It materialises the (Nq, Nk) score matrix per head, so it suits tests and small models on CPU.
+accumulation -- or, with pv_dtype="fp8", P * 448 and V scaled per channel by 448 / max|V| both rounded to e4m3.
+It materialises the (Nq, Nk) score matrix per head, so it suits tests and small models on CPU.
 Its results are close to the kernels' (same quantization), not bitwise equal (the kernels' softmax is online).
 """
 import math
@@ -14,6 +15,7 @@ from sparse_sageattn.core_kernels.configs import BLOCK_M, BLOCK_N
 from sparse_sageattn.core_kernels.plan import LOG2E
 
 LN2 = math.log(2.0)
+E4M3_MAX = 448.0
 
 
 def _quantize_blocks(x, rows):
@@ -52,7 +54,26 @@ def _visible(mask_id, n_q_pad, n_k_pad, n_q, n_k, is_causal):
     return elements & visible
 
 
-def attention(q, k, v, mask_id, *, is_causal, tensor_layout, sm_scale, smooth_k, return_lse):
+def _to_e4m3(x):
+    """fp32 -> the nearest e4m3 value (ties to even), saturating at +-448 like the kernels' cast; back in fp32."""
+    return jnp.clip(x, -E4M3_MAX, E4M3_MAX).astype(jnp.float8_e4m3fn).astype(jnp.float32)
+
+
+def _pv(p, v, n_k_pad, pv_dtype):
+    """P (B, Hkv, G, Nq_pad, Nk_pad) in [0, 1] times V (B, Hkv, Nk, D), fp32 out."""
+    n_k = v.shape[2]
+    if pv_dtype == "fp16":
+        v16 = jnp.pad(v.astype(jnp.float16), ((0, 0), (0, 0), (0, n_k_pad - n_k), (0, 0)))
+        return jnp.einsum("bhgqk,bhkd->bhgqd", p.astype(jnp.float16), v16, preferred_element_type=jnp.float32)
+    v32 = v.astype(jnp.float32)
+    amax = jnp.max(jnp.where(jnp.isnan(v32), 0.0, jnp.abs(v32)), axis=2, keepdims=True)  # NaNs keep their own
+    v8 = _to_e4m3(v32 * jnp.where(amax > 0.0, E4M3_MAX / amax, 0.0))
+    v8 = jnp.pad(v8, ((0, 0), (0, 0), (0, n_k_pad - n_k), (0, 0)))
+    acc = jnp.einsum("bhgqk,bhkd->bhgqd", _to_e4m3(p * E4M3_MAX), v8, preferred_element_type=jnp.float32)
+    return acc * (amax / E4M3_MAX)[:, :, None] * (1.0 / E4M3_MAX)
+
+
+def attention(q, k, v, mask_id, *, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype="fp16"):
     """Same arguments as sparse_sageattn (already validated, sm_scale a float or None); returns (out, lse) or
     (out,), lse of shape (B, Hq, Nq) float32."""
     if tensor_layout == "NHD":
@@ -86,8 +107,7 @@ def attention(q, k, v, mask_id, *, is_causal, tensor_layout, sm_scale, smooth_k,
     row_max = jnp.where(row_max == -jnp.inf, 0.0, row_max)  # a row that sees nothing: no -inf - -inf
     p = jnp.exp2(scores - row_max[..., None])
     total = jnp.sum(p, axis=-1)
-    v16 = jnp.pad(v.astype(jnp.float16), ((0, 0), (0, 0), (0, n_k_pad - n_k), (0, 0)))
-    acc = jnp.einsum("bhgqk,bhkd->bhgqd", p.astype(jnp.float16), v16, preferred_element_type=jnp.float32)
+    acc = _pv(p, v, n_k_pad, pv_dtype)
     seen_nothing = total == 0.0
     out = acc / jnp.where(seen_nothing, 1.0, total)[..., None]
     out = out.reshape(batch, heads_q, n_q_pad, head_dim)[:, :, :n_q].astype(q.dtype)

@@ -43,7 +43,7 @@ def _block_mask_from_dense(mask, batch, heads, n_q, n_k):
 
 def attention_fn(query, key, value, mask=None, dropout_rng=None, dropout_rate=0.0, broadcast_dropout=True,
                  deterministic=False, dtype=None, precision=None, module=None, is_causal=False, *, block_mask=None,
-                 sm_scale=None, smooth_k=True):
+                 sm_scale=None, smooth_k=True, pv_dtype="fp16"):
     """sparse_sageattn as a Flax attention_fn; bind the block mask with functools.partial.
 
     Example: `nnx.MultiHeadAttention(..., dtype=jnp.bfloat16,
@@ -62,7 +62,7 @@ def attention_fn(query, key, value, mask=None, dropout_rng=None, dropout_rate=0.
         bind it with functools.partial(attention_fn, is_causal=True).
       block_mask: sparse_sageattn's mask_id, broadcastable to (batch, heads, ceil(q_length/128),
         ceil(kv_length/64)); combined with `mask` (both must allow a block).
-      sm_scale, smooth_k: as in sparse_sageattn.
+      sm_scale, smooth_k, pv_dtype: as in sparse_sageattn.
     """
     del dropout_rng, broadcast_dropout, precision
     if dropout_rate > 0.0 and not deterministic:
@@ -88,4 +88,5 @@ def attention_fn(query, key, value, mask=None, dropout_rng=None, dropout_rate=0.
         block_mask = live if block_mask is None else jnp.logical_and(jnp.asarray(block_mask) != 0, live)
     if block_mask is not None:
         block_mask = jnp.asarray(block_mask)
-    return sparse_sageattn(query, key, value, block_mask, is_causal, "NHD", sm_scale=sm_scale, smooth_k=smooth_k)
+    return sparse_sageattn(query, key, value, block_mask, is_causal, "NHD", sm_scale=sm_scale, smooth_k=smooth_k,
+                           pv_dtype=pv_dtype)

@@ -23,7 +23,7 @@ def _axis_size(mesh, axis):
 
 
 def sharded_sparse_sageattn(mesh, q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", *, batch_axis=None,
-                            head_axis=None, sm_scale=None, smooth_k=True, return_lse=False):
+                            head_axis=None, sm_scale=None, smooth_k=True, return_lse=False, pv_dtype="fp16"):
     """sparse_sageattn with the batch split over mesh axis `batch_axis` and the heads over `head_axis`.
 
     Args:
@@ -41,7 +41,7 @@ def sharded_sparse_sageattn(mesh, q, k, v, mask_id=None, is_causal=False, tensor
         if x is not None and not isinstance(x, jax.Array):
             raise TypeError(f"sparse_sageattn: {name} must be a jax.Array, got {type(x).__name__}")
     validate(_desc(q), _desc(k), _desc(v), None if mask_id is None else _desc(mask_id), is_causal, tensor_layout,
-             sm_scale, smooth_k, return_lse)
+             sm_scale, smooth_k, return_lse, pv_dtype)
     b_axis, h_axis = (0, 1) if tensor_layout == "HND" else (0, 2)
     for arg, axis, dim, what in (("batch_axis", batch_axis, q.shape[b_axis], "batch"),
                                  ("head_axis", head_axis, k.shape[h_axis], "kv head count")):
@@ -61,7 +61,7 @@ def sharded_sparse_sageattn(mesh, q, k, v, mask_id=None, is_causal=False, tensor
 
     def local(q, k, v, mask_id=None):
         return sparse_sageattn(q, k, v, mask_id, is_causal, tensor_layout, sm_scale=sm_scale, smooth_k=smooth_k,
-                               return_lse=return_lse)
+                               return_lse=return_lse, pv_dtype=pv_dtype)
 
     if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
         # Explicit mesh axes make shard_map demand inputs placed exactly as in_specs (a no-op when they are).

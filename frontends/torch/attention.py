@@ -12,7 +12,7 @@ from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, make_plan, vali
 
 _DTYPES = {
     "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
-    "int8": torch.int8, "int32": torch.int32,
+    "int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32,
 }
 
 
@@ -28,14 +28,14 @@ def _capability(device_index: int):
 _cached_plan = functools.lru_cache(maxsize=256)(make_plan)
 
 
-def _plan(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse):
+def _plan(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype):
     capability = None if q.device.type != "cuda" or INTERPRETED else _capability(q.device.index)
     descs = (_desc(q), _desc(k), _desc(v), None if mask_id is None else _desc(mask_id))
     # Eager calls repeat their shapes: reuse the plan (host time per call). Traced shapes are SymInts, which
     # neither hash nor repeat.
     static = all(type(n) is int for d in descs if d is not None for n in d.shape + d.strides)
     return (_cached_plan if static else make_plan)(*descs, is_causal, tensor_layout, sm_scale, smooth_k, return_lse,
-                                                   capability)
+                                                   capability, pv_dtype=pv_dtype)
 
 
 def check_inputs(op: str, tensors: dict, validate_call):
@@ -72,15 +72,15 @@ def execute(plan, arrays: dict, device) -> dict:
 
 @triton_op("sparse_sageattn::forward", mutates_args=())
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_id: torch.Tensor | None, is_causal: bool,
-             tensor_layout: str, sm_scale: float | None, smooth_k: bool,
-             return_lse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    plan = _plan(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse)
+             tensor_layout: str, sm_scale: float | None, smooth_k: bool, return_lse: bool,
+             pv_dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
+    plan = _plan(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype)
     arrays = execute(plan, {"q": q, "k": k, "v": v, "mask_id": mask_id}, q.device)
     return arrays["out"], arrays["lse"]
 
 
 def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", *, sm_scale=None, smooth_k=True,
-                    return_lse=False):
+                    return_lse=False, pv_dtype="fp16"):
     """Block-sparse INT8 attention with SageAttention V1 numerics.
 
     Args:
@@ -94,6 +94,9 @@ def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND",
       sm_scale: softmax scale, default 1/sqrt(D).
       smooth_k: subtract K's mean over the keys before quantization (exact under softmax).
       return_lse: also return the float32 log-sum-exp (B, Hq, Nq) of the scaled logits (natural log).
+      pv_dtype: "fp16" (default, SageAttention V1: P and V in fp16) or "fp8" (SageAttention2-style: P in e4m3
+        with the static scale 448, V in e4m3 scaled per channel, fp32 accumulation across key blocks). "fp8"
+        needs compute capability 8.9 or newer (Ada, Hopper) and is refused on older GPUs.
 
     Returns:
       out with q's dtype and layout, or (out, lse). Rows that see no key are zeros with lse -inf.
@@ -102,7 +105,7 @@ def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND",
     tensors = {"q": q, "k": k, "v": v} if mask_id is None else {"q": q, "k": k, "v": v, "mask_id": mask_id}
     check_inputs("sparse_sageattn", tensors, lambda: validate(
         _desc(q), _desc(k), _desc(v), None if mask_id is None else _desc(mask_id), is_causal, tensor_layout,
-        sm_scale, smooth_k, return_lse))
+        sm_scale, smooth_k, return_lse, pv_dtype))
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         raise NotImplementedError(
             "sparse_sageattn: the backward pass is not available yet; q, k and v must not require grad "
@@ -110,5 +113,5 @@ def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND",
         )
     if sm_scale is not None:
         sm_scale = float(sm_scale)
-    out, lse = _forward(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse)
+    out, lse = _forward(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype)
     return (out, lse) if return_lse else out

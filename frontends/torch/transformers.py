@@ -37,6 +37,7 @@ have different block grids.
 """
 import torch
 
+from sparse_sageattn.core_kernels.plan import PV_DTYPES
 from sparse_sageattn.torch.attention import sparse_sageattn
 
 __all__ = ["register", "sparse_sageattn_attention", "sparse_sageattn_mask"]
@@ -117,7 +118,7 @@ def _check_padding(padding, causal):
 
 
 def sparse_sageattn_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
-                              mask_id=None, **kwargs):
+                              mask_id=None, pv_dtype="fp16", **kwargs):
     """transformers' `AttentionInterface` function: query (B, Hq, Nq, D), key / value (B, Hkv, Nk, D) in, returns
     (attn_output (B, Nq, Hq, D), None). GQA goes to the kernel as is (no repeat_kv)."""
     if attention_mask is not None:
@@ -140,24 +141,28 @@ def sparse_sageattn_attention(module, query, key, value, attention_mask, dropout
     # (B, H, N, D) views in, read as NHD without a copy, so the output comes out (B, Nq, Hq, D) as transformers
     # expects.
     out = sparse_sageattn(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), mask_id=mask_id,
-                          is_causal=bool(is_causal), tensor_layout="NHD", sm_scale=scaling)
+                          is_causal=bool(is_causal), tensor_layout="NHD", sm_scale=scaling, pv_dtype=pv_dtype)
     return out, None
 
 
-def register(name="sparse_sageattn", mask_id=None):
+def register(name="sparse_sageattn", mask_id=None, pv_dtype="fp16"):
     """Registers the attention function and its mask function under `name` in transformers' `AttentionInterface`
     and `AttentionMaskInterface`, so `attn_implementation=name` works in `from_pretrained` / `from_config`.
 
     Registering both matters: without a mask function transformers passes attention_mask=None and padding would be
-    dropped silently. `mask_id`: None (dense), a tensor, or a callable `(q_len, kv_len, device) -> mask_id`."""
+    dropped silently. `mask_id`: None (dense), a tensor, or a callable `(q_len, kv_len, device) -> mask_id`.
+    `pv_dtype`: as in sparse_sageattn ("fp8": e4m3 P.V, sm_89 and newer)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"register: name must be a non-empty string, got {name!r}")
+    if pv_dtype not in PV_DTYPES:
+        raise ValueError(f"register: pv_dtype must be one of {PV_DTYPES}, got {pv_dtype!r}")
     if mask_id is not None and not (callable(mask_id) or isinstance(mask_id, torch.Tensor)):
         raise TypeError(f"register: mask_id must be None, a torch.Tensor or a callable, got {type(mask_id).__name__}")
     from transformers import AttentionInterface, AttentionMaskInterface
 
     def attention(module, query, key, value, attention_mask, **kwargs):
-        return sparse_sageattn_attention(module, query, key, value, attention_mask, mask_id=mask_id, **kwargs)
+        return sparse_sageattn_attention(module, query, key, value, attention_mask, mask_id=mask_id,
+                                         pv_dtype=pv_dtype, **kwargs)
 
     AttentionInterface.register(name, attention)
     AttentionMaskInterface.register(name, sparse_sageattn_mask)

@@ -24,7 +24,8 @@ def _record(n, hd, density, causal, system, ms, **extra):
 
 
 def synthetic():
-    """Designed verdicts: P1 MISS (cuDNN 5% faster), P2 PASS (flex 2x slower), P3 PASS, P5 quantization PASS (3%),
+    """Designed verdicts: P1 MISS (cuDNN 5% faster), P2 PASS (flex 2x slower), P3 PASS, P4 MISS (fast enough, one
+    point below the cosine bound), P5 quantization PASS (3%),
     P5 JAX MISS (one point 10% slower), memory PASS, accuracy PASS."""
     records = []
     for n in (4096, 8192):
@@ -42,6 +43,9 @@ def synthetic():
                 records.append(_record(n, hd, density, False, "flex_attention", 2 * ours, cosine=1.0, rel_l1=0.0003))
                 if density == 1.0:
                     records.append(_record(n, hd, density, False, "sdpa_cudnn", 0.95 * ours, cosine=1.0, rel_l1=3e-4))
+                    fp8_cosine = 0.9993 if (n, hd) == (8192, 64) else 0.9996
+                    records.append(_record(n, hd, density, False, "sparse_sageattn_fp8", 0.6 * ours,
+                                           cosine=fp8_cosine, rel_l1=0.035, floor_cosine=0.9994))
                     records.append(dict(n=n, head_dim=hd, density=density, causal=False, dtype="float16",
                                         system="sageattention_1.0.6", error="RuntimeError: not importable"))
     meta = dict(gpu="NVIDIA H100 80GB HBM3", driver="580.159.04", torch="2.11.0+cu130", triton="3.6.0", jax="0.11.2",
@@ -66,7 +70,9 @@ def test_target_verdicts(results):
     assert v["P1"].status == "MISS" and "0.95x" in v["P1"].note and len(v["P1"].points) == 1
     assert v["P2"].status == "PASS" and len(v["P2"].points) == 12 and "2.00x" in v["P2"].note
     assert v["P3"].status == "PASS" and len(v["P3"].points) == 12
-    assert v["P4"].status == "NOT IMPLEMENTED"
+    # 1.58x cuDNN everywhere; one point under the cosine bound
+    assert v["P4"].status == "MISS" and len(v["P4"].points) == 4 and "cosine 0.99930" in v["P4"].note
+    assert "1.58x" in v["P4"].note and "hd64 N=8192" in v["P4"].note
     assert v["Memory"].status == "PASS"
     assert v["Accuracy"].status == "PASS" and len(v["Accuracy"].points) == 32
     p5 = [verdict for (name, _), verdict in _verdicts(results).items() if name == "P5"]
@@ -104,8 +110,8 @@ def test_table_and_readme_markers(results, tmp_path):
     assert "NVIDIA H100 80GB HBM3 (driver 580.159.04)" in inside
     row = next(line for line in inside.splitlines() if line.startswith("| 128 | no | 1 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # ours, JAX, flex, cuDNN, sage (error); best peer / ours = cuDNN's 0.95; cosine
-    assert cells[3:] == ["4.040", "4.121", "8.080", "3.838", "error", "0.95×", "0.99995"]
+    # ours, JAX, ours FP8, flex, cuDNN, sage (error); best peer / ours = cuDNN's 0.95; cosine
+    assert cells[3:] == ["4.040", "4.121", "2.424", "8.080", "3.838", "error", "0.95×", "0.99995"]
     assert "- P1 dense hd128 N>=8k: >= 1.0x SDPA cuDNN: MISS" in inside
     assert "| sparse_sageattn | N=4096 | N=8192 |" not in inside  # the TOPS table is per system, N in columns
     assert "| system | N=4096 | N=8192 |" in inside

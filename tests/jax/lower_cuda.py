@@ -20,19 +20,23 @@ from sparse_sageattn.core_kernels.plan import contiguous_strides
 from sparse_sageattn.jax import predict_mask, sparse_sageattn
 from sparse_sageattn.jax.attention import _Options, _compute_capability, _plan
 
-# (dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, mask dtype or None, is_causal, return_lse, smooth_k):
-# every head-dim tile in both dtypes, and each mode flag on and off in each dtype.
+# (dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, mask dtype or None, is_causal, return_lse, smooth_k,
+# pv_dtype): every head-dim tile in both dtypes, and each mode flag on and off in each dtype. The FP8 P.V cases
+# lower at capability 90 and must be refused at 80.
 CASES = [
-    ("float16", 64, "HND", 4, 4, 300, 200, None, False, False, True),
-    ("float16", 128, "HND", 4, 2, 300, 500, "bool", True, True, True),
-    ("float16", 96, "NHD", 4, 1, 256, 256, "int32", False, True, False),
-    ("float16", 40, "NHD", 4, 2, 200, 300, None, True, False, True),
-    ("float16", 256, "HND", 2, 2, 130, 70, "bool", True, True, True),
-    ("float16", 64, "HND", 2, 1, 1, 77, "int8", False, True, True),  # n_q == 1: jax-triton makes it a constexpr
-    ("bfloat16", 64, "HND", 4, 2, 300, 200, "bool", True, True, True),
-    ("bfloat16", 128, "NHD", 4, 4, 256, 300, None, False, False, True),
-    ("bfloat16", 96, "HND", 4, 4, 200, 200, None, True, False, False),
-    ("bfloat16", 40, "HND", 4, 1, 129, 65, "int32", False, True, True),
+    ("float16", 64, "HND", 4, 4, 300, 200, None, False, False, True, "fp16"),
+    ("float16", 128, "HND", 4, 2, 300, 500, "bool", True, True, True, "fp16"),
+    ("float16", 96, "NHD", 4, 1, 256, 256, "int32", False, True, False, "fp16"),
+    ("float16", 40, "NHD", 4, 2, 200, 300, None, True, False, True, "fp16"),
+    ("float16", 256, "HND", 2, 2, 130, 70, "bool", True, True, True, "fp16"),
+    ("float16", 64, "HND", 2, 1, 1, 77, "int8", False, True, True, "fp16"),  # n_q == 1: jax-triton: constexpr
+    ("bfloat16", 64, "HND", 4, 2, 300, 200, "bool", True, True, True, "fp16"),
+    ("bfloat16", 128, "NHD", 4, 4, 256, 300, None, False, False, True, "fp16"),
+    ("bfloat16", 96, "HND", 4, 4, 200, 200, None, True, False, False, "fp16"),
+    ("bfloat16", 40, "HND", 4, 1, 129, 65, "int32", False, True, True, "fp16"),
+    ("float16", 128, "HND", 4, 2, 300, 500, "bool", True, True, True, "fp8"),
+    ("bfloat16", 64, "NHD", 4, 4, 256, 300, None, False, False, True, "fp8"),
+    ("float16", 40, "HND", 4, 1, 129, 65, "int32", False, True, False, "fp8"),
 ]
 # predict_mask: (dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, options) -- each selection mode, causal or
 # not, ragged lengths, and row widths from the smallest key-block tile (16) to the largest (8192 key blocks).
@@ -46,7 +50,7 @@ ALLOWED_OPS = {"stablehlo.case", "stablehlo.constant", "stablehlo.custom_call", 
 
 
 def lower(case):
-    dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, mask_dtype, is_causal, return_lse, smooth_k = case
+    dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, mask_dtype, is_causal, return_lse, smooth_k, pv_dtype = case
 
     def spec(heads, n):
         shape = (2, heads, n, head_dim) if layout == "HND" else (2, n, heads, head_dim)
@@ -58,10 +62,10 @@ def lower(case):
 
     def f(*arrays):
         return sparse_sageattn(*arrays, is_causal=is_causal, tensor_layout=layout, smooth_k=smooth_k,
-                               return_lse=return_lse)
+                               return_lse=return_lse, pv_dtype=pv_dtype)
 
     text = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    options = _Options(is_causal, layout, None, smooth_k, return_lse)
+    options = _Options(is_causal, layout, None, smooth_k, return_lse, pv_dtype)
     plan = _plan(args, options, _compute_capability())
     return {"ops": sorted(set(re.findall(r"stablehlo\.[a-z_]+", text))),
             "triton_calls": text.count("@triton_kernel_call("), "launches": len(plan.launches)}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sparse_sageattn.jax import sparse_sageattn
-from sparse_sageattn.reference import REL_L1_MAX, assert_close, attention, rel_l1
+from sparse_sageattn.reference import REL_L1_MAX, assert_close, assert_close_fp8, attention, fp8_pv_attention, rel_l1
 
 CPU = jax.devices("cpu")[0]
 
@@ -183,3 +183,19 @@ def test_grad_says_the_backward_is_not_available():
     # stop_gradient on the inputs is the way around it
     frozen = lambda q: sparse_sageattn(jax.lax.stop_gradient(q), k, v).astype(jnp.float32).sum() + q.sum()  # noqa
     assert jax.grad(frozen)(q).shape == q.shape
+
+
+@pytest.mark.parametrize("dtype", [np.float16, jnp.bfloat16])
+@pytest.mark.parametrize("layout,heads_q,heads_kv,n_q,n_k,is_causal", [
+    ("HND", 4, 2, 300, 500, True), ("NHD", 2, 2, 256, 256, False), ("HND", 2, 1, 129, 65, True)])
+def test_fp8_pv_mode(dtype, layout, heads_q, heads_kv, n_q, n_k, is_causal):
+    """pv_dtype="fp8" rounds P and V to e4m3 as the kernels do: its error is the format's floor plus the INT8
+    attention's budget (reference.assert_close_fp8), and the lse does not change."""
+    q, k, v = make_qkv(n_q + n_k, 2, heads_q, heads_kv, n_q, n_k, 64, layout, dtype)
+    mask = random_mask(n_q, (heads_q, -(-n_q // 128), -(-n_k // 64)))
+    out, lse = sparse_sageattn(*on_cpu(q, k, v, mask), is_causal, layout, return_lse=True, pv_dtype="fp8")
+    _, lse_fp16 = sparse_sageattn(*on_cpu(q, k, v, mask), is_causal, layout, return_lse=True)
+    args = [np.asarray(x, np.float64) for x in (q, k, v)]
+    ref_out, _ = attention(*args, mask, is_causal, layout)
+    assert_close_fp8(np.asarray(out, np.float64), ref_out, fp8_pv_attention(*args, mask, is_causal, layout))
+    assert np.array_equal(np.asarray(lse), np.asarray(lse_fp16))

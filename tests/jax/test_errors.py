@@ -53,6 +53,7 @@ def bad_calls():
     yield "sm_scale_nan", [q, k, v], {"sm_scale": float("nan")}
     yield "sm_scale_negative", [q, k, v], {"sm_scale": -0.1}
     yield "sm_scale_type", [q, k, v], {"sm_scale": "0.1"}
+    yield "pv_dtype", [q, k, v], {"pv_dtype": "e4m3"}
 
 
 def raised(call):

@@ -123,6 +123,17 @@ def test_fully_masked_rows(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout,head_dim,heads_q,heads_kv,n_q,n_k,mask_shape", [
+    ("HND", 128, 4, 2, 1000, 1500, (4, 8, 24)),
+    ("NHD", 64, 4, 4, 2048, 2048, None),
+    ("HND", 40, 4, 1, 129, 65, (1, 2)),
+])
+def test_fp8_pv_mode(dtype, layout, head_dim, heads_q, heads_kv, n_q, n_k, mask_shape):
+    case = inputs(head_dim, 2, heads_q, heads_kv, n_q, n_k, head_dim, layout, dtype, mask_shape)
+    assert_bitwise(case, is_causal=True, tensor_layout=layout, pv_dtype="fp8")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_long_sequences(dtype, is_causal):
     n = 16384

@@ -12,23 +12,7 @@ import torch
 from sparse_sageattn.reference import REL_L1_MAX, assert_close, attention, rel_l1
 from sparse_sageattn import sparse_sageattn
 
-
-def make_qkv(seed, batch, heads_q, heads_kv, n_q, n_k, head_dim, layout="HND", device="cpu",
-             dtype=torch.float16, k_offset=0.0):
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(heads, n):
-        shape = (batch, heads, n, head_dim) if layout == "HND" else (batch, n, heads, head_dim)
-        return torch.randn(shape, generator=gen)
-
-    q, k, v = rand(heads_q, n_q), rand(heads_kv, n_k), rand(heads_kv, n_k)
-    k = k + k_offset * torch.randn(head_dim, generator=gen)  # a per-channel offset: what smoothing is for
-    return tuple(x.to(device=device, dtype=dtype) for x in (q, k, v))
-
-
-def random_mask(seed, shape, density=0.6, dtype=torch.bool):
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.rand(shape, generator=gen) < density).to(dtype)
+from qkv_cases import make_qkv, random_mask
 
 
 def check(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", sm_scale=None, smooth_k=True):
