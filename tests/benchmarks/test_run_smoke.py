@@ -32,6 +32,10 @@ def test_run_smoke(tmp_path):
             ours = records[(density, causal, "sparse_sageattn")]
             assert set(ours["kernels_ms"]) == {"sums_and_lists", "quantize", "attention"}
             assert 0 < ours["mem_bound_bytes"] <= ours["plan_scratch_bytes"]
+        fp8 = records[(1.0, causal, "sparse_sageattn_fp8")]  # dense only
+        assert "error" not in fp8, fp8["error"]
+        assert fp8["cosine"] >= fp8["floor_cosine"] - 1e-4 and 0.99 < fp8["floor_cosine"] < 0.9999, fp8
+    assert (0.5, False, "sparse_sageattn_fp8") not in records
     assert records[(0.5, True, "sparse_sageattn")]["live_fraction"] < 0.5
     report = subprocess.run([sys.executable, str(BENCH_DIR / "report.py"), str(path)], capture_output=True, text=True)
     assert report.returncode == 0 and "Accuracy" in report.stdout and ": PASS" in report.stdout
