@@ -62,6 +62,20 @@ def _channel_mean(partial_sums_ptr, mean_bh, n_mean_rows, ROWS_PER_CHUNK: tl.con
 
 
 @triton.jit
+def _load_block(x_ptr, b, h, blk, n_rows, stride_b, stride_h, stride_n, BLOCK_ROWS: tl.constexpr,
+                HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
+    """Rows [blk*BLOCK_ROWS, +BLOCK_ROWS) of x[b, h] in fp32, zeros past n_rows and HEAD_DIM; also the global row
+    indices and the validity mask."""
+    offs_r = tl.arange(0, BLOCK_ROWS)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    rows = blk * BLOCK_ROWS + offs_r
+    valid = (rows < n_rows)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    block_ptr = x_ptr + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + (blk * BLOCK_ROWS).to(tl.int64) * stride_n
+    x = tl.load(block_ptr + offs_r[:, None] * stride_n + offs_d[None, :], mask=valid, other=0.0).to(tl.float32)
+    return x, rows, valid
+
+
+@triton.jit
 def _quantize_block(
     x_ptr, partial_sums_ptr, pre_scale, bh, blk, n_blocks, n_rows, n_mean_rows, heads, mean_head_group,
     stride_b, stride_h, stride_n, x_int8_ptr, x_scale_ptr, row_shift_ptr,
@@ -75,13 +89,11 @@ def _quantize_block(
     """
     b = bh // heads
     h = bh % heads
+    x, rows, valid = _load_block(x_ptr, b, h, blk, n_rows, stride_b, stride_h, stride_n, BLOCK_ROWS, HEAD_DIM,
+                                 HEAD_DIM_PAD)
     offs_r = tl.arange(0, BLOCK_ROWS)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    rows = blk * BLOCK_ROWS + offs_r
     d_valid = offs_d < HEAD_DIM
-    valid = (rows < n_rows)[:, None] & d_valid[None, :]
-    block_ptr = x_ptr + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + (blk * BLOCK_ROWS).to(tl.int64) * stride_n
-    x = tl.load(block_ptr + offs_r[:, None] * stride_n + offs_d[None, :], mask=valid, other=0.0).to(tl.float32)
     x = x * tl.cast(pre_scale, tl.float32)  # jax-triton passes Python floats as fp64
     if SUBTRACT_MEAN or WRITE_ROW_SHIFT:
         mean_bh = b * (heads // mean_head_group) + h // mean_head_group
@@ -116,15 +128,11 @@ def _quantize_v_block(
 
     Keys past n_rows are written as zeros; a channel that is all zeros gets scale 0 (never 0/0).
     """
-    b = bh // heads
-    h = bh % heads
+    x, _, _ = _load_block(v_ptr, bh // heads, bh % heads, blk, n_rows, stride_b, stride_h, stride_n, BLOCK_N,
+                          HEAD_DIM, HEAD_DIM_PAD)
     offs_r = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
-    rows = blk * BLOCK_N + offs_r
     d_valid = offs_d < HEAD_DIM
-    valid = (rows < n_rows)[:, None] & d_valid[None, :]
-    block_ptr = v_ptr + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + (blk * BLOCK_N).to(tl.int64) * stride_n
-    x = tl.load(block_ptr + offs_r[:, None] * stride_n + offs_d[None, :], mask=valid, other=0.0).to(tl.float32)
     n_chunks = tl.cdiv(n_rows, ROWS_PER_CHUNK)
     amax_row_ptr = partial_amax_ptr + bh.to(tl.int64) * n_chunks * HEAD_DIM_PAD
     amax = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
