@@ -4,10 +4,14 @@ buffers, then the attention launch alone is timed per variant (do_bench median, 
 A B ... B A and averaged, so clock drift does not favour one side. Also printed: TOPS over the computed blocks
 (live blocks x 128 x 64 pairs, 4*D ops each), and each variant's output against the first variant's
 (max |diff|) and against the float64 reference on sampled rows of batch 0, head 0 (cosine, relative L1).
+A variant with tree=base is planned and compiled from another source tree's core_kernels (--baseline-root, e.g.
+a copy of main), so a change to the kernel source is timed against the code it replaces in one process.
 
 GPU:  python benchmarks/attention_ab.py --variant key_blocks_per_step=2
       (variants: repeatable, fields comma separated, e.g. --variant key_blocks_per_step=2,num_stages=2;
       pv_dtype=fp8 selects make_plan's FP8 P.V mode, whose accuracy is printed but not held to the INT8 bounds)
+      python benchmarks/attention_ab.py --baseline-root /tmp/main --variant tree=base
+      ncu --kernel-name regex:attention_kernel python benchmarks/attention_ab.py --launch-once --seq-lens 8192 ...
 CPU:  TRITON_INTERPRET=1 python benchmarks/attention_ab.py --smoke --variant key_blocks_per_step=2
       (tiny sizes through the interpreter: accuracy only, no timing)
 """
@@ -18,20 +22,25 @@ import numpy as np
 import torch
 import triton
 
-from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, configs, make_plan
+import sparse_sageattn.core_kernels as core_kernels
+from sparse_sageattn.core_kernels import INTERPRETED, configs
 from sparse_sageattn.reference import COS_MIN, REL_L1_MAX, attention, cosine, rel_l1
+from source_tree import load_core_kernels
 
 MASKS = ("dense", "causal", "half")  # half: a random mask keeping half of the blocks, not causal
 
 
 def parse_variant(text):
-    """"key_blocks_per_step=2,pv_dtype=fp8" -> {"key_blocks_per_step": 2, "pv_dtype": "fp8"}."""
+    """"key_blocks_per_step=2,pv_dtype=fp8,tree=base" -> {"key_blocks_per_step": 2, "pv_dtype": "fp8", "tree": "base"}."""
     fields = dict(item.split("=", 1) for item in text.split(",")) if text else {}
-    return {k: v if k == "pv_dtype" else int(v) for k, v in fields.items()}
+    return {k: v if k in PLAN_FIELDS else int(v) for k, v in fields.items()}
 
 
-def desc(t):
-    return ArrayDesc(tuple(t.shape), tuple(t.stride()), str(t.dtype).removeprefix("torch."), str(t.device))
+PLAN_FIELDS = ("pv_dtype", "tree")  # variant fields that are not AttentionConfig fields
+
+
+def desc(t, ck):
+    return ck.ArrayDesc(tuple(t.shape), tuple(t.stride()), str(t.dtype).removeprefix("torch."), str(t.device))
 
 
 def launch(step, arrays):
@@ -39,7 +48,7 @@ def launch(step, arrays):
                            num_warps=step.num_warps, num_stages=step.num_stages, **step.constexprs)
 
 
-def run_config(n, head_dim, mask_kind, variants, batch, heads, device, timed):
+def run_config(n, head_dim, mask_kind, variants, trees, batch, heads, device, timed, launch_once=False):
     gen = torch.Generator(device).manual_seed(n + head_dim)
     q, k, v = (torch.randn(batch, heads, n, head_dim, generator=gen, device=device, dtype=torch.float16)
                for _ in range(3))
@@ -47,9 +56,12 @@ def run_config(n, head_dim, mask_kind, variants, batch, heads, device, timed):
     mask = torch.rand(n_qb, n_kb, generator=gen, device=device) < 0.5 if mask_kind == "half" else None
     causal = mask_kind == "causal"
     capability = torch.cuda.get_device_capability(device) if device == "cuda" else None
-    plans = [make_plan(desc(q), desc(k), desc(v), None if mask is None else desc(mask), causal, "HND", None, True,
-                       False, capability, pv_dtype=over.get("pv_dtype", "fp16"),
-                       attention_override={f: x for f, x in over.items() if f != "pv_dtype"}) for over in variants]
+    plans = []
+    for over in variants:
+        ck = trees[over.get("tree", "current")]
+        plans.append(ck.make_plan(desc(q, ck), desc(k, ck), desc(v, ck), None if mask is None else desc(mask, ck),
+                                  causal, "HND", None, True, False, capability, pv_dtype=over.get("pv_dtype", "fp16"),
+                                  attention_override={f: x for f, x in over.items() if f not in PLAN_FIELDS}))
     variant_arrays = []  # each variant's buffers, filled by its own plan's launches (pv_dtype changes them)
     for plan in plans:
         arrays = {"q": q, "k": k, "v": v, "mask_id": mask}
@@ -60,6 +72,8 @@ def run_config(n, head_dim, mask_kind, variants, batch, heads, device, timed):
         for step in plan.launches:
             launch(step, arrays)  # compiles; the attention output of each variant is kept for the comparison
         variant_arrays.append(arrays)
+    if launch_once:
+        return []
     steps = [next(s for s in p.launches if s.name == "attention") for p in plans]
     counts = variant_arrays[0]["block_counts"].view(-1, n_qb, 2)  # one list per (batch, head) the mask tells
     live = counts[..., 0].sum().item() * (batch * heads // counts.shape[0])
@@ -95,6 +109,9 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CPU, interpreter): plumbing and accuracy")
     p.add_argument("--json", help="also write the records here")
+    p.add_argument("--baseline-root", help="source tree whose core_kernels the tree=base variants use")
+    p.add_argument("--launch-once", action="store_true",
+                   help="run each variant's launches once and stop (nothing timed or checked): a target for ncu")
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
     if device == "cpu" and not (args.smoke and INTERPRETED):
@@ -102,14 +119,19 @@ def main(argv=None):
     if args.smoke:
         args.seq_lens, args.head_dims, args.batch, args.heads = "320", "64", 1, 2
     variants = [{}] + [parse_variant(v) for v in args.variant]
+    trees = {"current": core_kernels}
+    if args.baseline_root:
+        trees["base"] = load_core_kernels(args.baseline_root)
+    if any(v.get("tree", "current") not in trees for v in variants):
+        p.error("tree=base needs --baseline-root; tree takes only 'base'")
     if device == "cuda":
         print(torch.cuda.get_device_name(), "triton", triton.__version__)
     records = []
     for n in (int(x) for x in args.seq_lens.split(",")):
         for head_dim in (int(x) for x in args.head_dims.split(",")):
             for mask_kind in args.masks.split(","):
-                results = run_config(n, head_dim, mask_kind, variants, args.batch, args.heads, device,
-                                     timed=device == "cuda")
+                results = run_config(n, head_dim, mask_kind, variants, trees, args.batch, args.heads, device,
+                                     timed=device == "cuda", launch_once=args.launch_once)
                 for r in results:
                     name = ",".join(f"{k}={v}" for k, v in r["variant"].items()) or "table"
                     timing = (f"{r['ms']:8.3f} ms {r['tops']:6.1f} TOPS x{results[0]['ms'] / r['ms']:.3f}"

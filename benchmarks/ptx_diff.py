@@ -8,35 +8,26 @@ it records source paths and line numbers, which differ between trees by construc
 code. `--attention key_blocks_per_step=2` passes make_plan's attention_override and `--pv-dtype fp8` its pv_dtype
 (trees that have them).
 
-Also printed per configuration: the shared memory the compile asks for and the distinct wgmma shapes in the PTX.
+Also printed per configuration: the shared memory the compile asks for and the distinct wgmma shapes in the PTX;
+with `--sass`, the instruction mix of the unmasked loop as ptxas compiled it (the per-step work of one thread).
 Run it in a process without TRITON_INTERPRET (it is removed here before Triton reads it).
 """
 import argparse
 import collections
 import hashlib
-import importlib.util
 import os
 import re
-import sys
+import subprocess
+import tempfile
 
 os.environ.pop("TRITON_INTERPRET", None)
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from source_tree import load_core_kernels  # noqa: E402
+
 POINTER_TYPES = {"int8": "*i8", "uint8": "*u8", "int32": "*i32", "float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
-
-
-def load_core_kernels(root):
-    """The tree's core_kernels package under a private name: two trees never share a module."""
-    name = "ptx_tree_" + hashlib.sha256(os.path.abspath(root).encode()).hexdigest()[:8]
-    package = os.path.join(root, "core_kernels")
-    spec = importlib.util.spec_from_file_location(name, os.path.join(package, "__init__.py"),
-                                                  submodule_search_locations=[package])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def attention_launch(ck, head_dim, is_causal, return_lse, capability, attention_override, pv_dtype):
@@ -50,7 +41,7 @@ def attention_launch(ck, head_dim, is_causal, return_lse, capability, attention_
     return plan, launch
 
 
-def compile_ptx(plan, launch, capability):
+def compile_attention(plan, launch, capability):
     fn = launch.kernel
     dtypes = {"q": "float16", "k": "float16", "v": "float16"}
     dtypes.update({name: buf.dtype for name, buf in plan.buffers.items()})
@@ -64,9 +55,42 @@ def compile_ptx(plan, launch, capability):
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in zip(names, runtime) if t[0] == "*"}
     source = ASTSource(fn, signature, launch.constexprs, attrs)
     target = GPUTarget("cuda", capability[0] * 10 + capability[1], 128 if capability[0] >= 9 else 32)
-    compiled = triton.compile(source, target=target,
-                              options=dict(num_warps=launch.num_warps, num_stages=launch.num_stages))
-    return compiled.asm["ptx"], compiled.metadata.shared
+    return triton.compile(source, target=target, options=dict(num_warps=launch.num_warps,
+                                                              num_stages=launch.num_stages))
+
+
+SASS_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+SASS_LABEL = re.compile(r"^(\.L_x_\d+):")
+
+
+def loop_opcodes(cubin, marker="IGMMA"):
+    """Opcode counts of the first loop in the SASS (from a label to the branch back to it) with an opcode starting
+    with `marker`; IGMMA (integer wgmma) finds the attention kernel's unmasked Q.K^T / softmax / P.V step."""
+    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([os.path.join(tools, "nvdisasm"), "-c", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    instructions, label_at, pending = [], {}, []  # (opcode, branch label); label -> instruction index
+    for line in sass.splitlines():
+        label = SASS_LABEL.match(line.strip())
+        if label:
+            pending.append(label.group(1))
+            continue
+        found = SASS_INSTRUCTION.search(line)
+        if found:
+            label_at.update((name, len(instructions)) for name in pending)
+            pending = []
+            target = re.search(r"\((\.L_x_\d+)\)", found.group(3)) if found.group(2) == "BRA" else None
+            instructions.append((found.group(2), target and target.group(1)))
+    for end, (_, target) in enumerate(instructions):
+        start = label_at.get(target)
+        if start is not None and start < end:
+            body = [opcode for opcode, _ in instructions[start:end + 1]]
+            if any(opcode.startswith(marker) for opcode in body):
+                return collections.Counter(body)
+    raise ValueError(f"no loop with {marker} in this SASS")
 
 
 def main(argv=None):
@@ -78,6 +102,8 @@ def main(argv=None):
                    help="an attention_override entry for make_plan (repeatable)")
     p.add_argument("--pv-dtype", default="fp16")
     p.add_argument("--save", help="write each PTX to this folder")
+    p.add_argument("--sass", action="store_true",
+                   help="also print the opcodes (8 or more) of the unmasked attention loop in the SASS (sm_90)")
     args = p.parse_args(argv)
     triton.knobs.compilation.disable_line_info = True
     capability = (int(args.capability[:-1]), int(args.capability[-1]))
@@ -90,12 +116,16 @@ def main(argv=None):
             for return_lse in (False, True):
                 plan, launch = attention_launch(ck, head_dim, is_causal, return_lse, capability, override,
                                                 args.pv_dtype)
-                ptx, shared = compile_ptx(plan, launch, capability)
+                compiled = compile_attention(plan, launch, capability)
+                ptx, shared = compiled.asm["ptx"], compiled.metadata.shared
                 label = f"hd{head_dim} fp16 pv={args.pv_dtype} causal={int(is_causal)} lse={int(return_lse)}"
                 shapes = collections.Counter(re.findall(r"wgmma\.mma_async(?:\.sp)?\.sync\.aligned\.([\w.]+)", ptx))
                 print(f"{label:<28} warps={launch.num_warps} stages={launch.num_stages} "
                       f"sha256={hashlib.sha256(ptx.encode()).hexdigest()[:16]} shared={shared} "
                       f"wgmma={dict(sorted(shapes.items())) or '-'}")
+                if args.sass:
+                    loop = loop_opcodes(compiled.asm["cubin"])
+                    print("  loop SASS:", " ".join(f"{op}={n}" for op, n in loop.most_common() if n >= 8))
                 if args.save:
                     os.makedirs(args.save, exist_ok=True)
                     with open(os.path.join(args.save, label.replace(" ", "_").replace("=", "") + ".ptx"), "w") as f:

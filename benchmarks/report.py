@@ -127,9 +127,12 @@ def targets(records):
             p5q.points.append((describe(key), share, share <= 0.05))
     out.append(p5q.judge(lambda v: v))
 
-    p5j = Verdict("P5", "JAX within +-5% of torch (N>=4k)", lambda v: f"{v:.3f}x torch's time")
+    p5j = Verdict("P5", "JAX within +-5% of torch (N>=4k; both timed in groups of calls)",
+                  lambda v: f"{v:.3f}x torch's time")
     for key in keys:
-        ours, jax = ms(records, key, OURS), ms(records, key, OURS_JAX)
+        torch_record = records.get(key + (OURS,)) or {}
+        # torch timed as JAX is (run.py's time_group) where the results have it; older files: do_bench per call
+        ours, jax = torch_record.get("ms_group", torch_record.get("ms")), ms(records, key, OURS_JAX)
         if key[0] >= 4096 and ours and jax:
             p5j.points.append((describe(key), jax / ours, abs(jax / ours - 1) <= 0.05))
     out.append(p5j.judge(lambda v: abs(v - 1)))

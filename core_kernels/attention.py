@@ -74,8 +74,13 @@ def _attend_blocks(
     """List entries [list_start, list_end), one 64-key block per step."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
+    # Each step's block index is loaded by the step before, into a loop-carried scalar. Loaded in the step that
+    # uses it, it feeds that step's K/V addresses, and Triton's pipeliner then waits for every outstanding async
+    # copy at each step (cp.async.wait_group 0): the next tiles' loads would never overlap the current step.
+    kb_next = tl.load(indices_row_ptr + list_start, mask=list_start < list_end, other=0)
     for it in range(list_start, list_end):
-        kb = tl.load(indices_row_ptr + it)
+        kb = kb_next
+        kb_next = tl.load(indices_row_ptr + it + 1, mask=it + 1 < list_end, other=0)
         k_ptrs = k_head_ptr + kb * (BLOCK_N * HEAD_DIM) + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
         if PV_FP8:
             v_ptrs = v_fp8_head_ptr + kb * (BLOCK_N * HEAD_DIM) + offs_d[:, None] * BLOCK_N + offs_n[None, :]
@@ -105,13 +110,17 @@ def _attend_block_pairs(
     offs_in_block = offs_n % BLOCK_N
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     n_kb = tl.cdiv(n_k, BLOCK_N)
+    # Block indices are read one step ahead (see _attend_blocks); a second entry past the list reads as n_kb.
+    kb_a_next = tl.load(indices_row_ptr + list_start, mask=list_start < list_end, other=0)
+    kb_b_next = tl.load(indices_row_ptr + list_start + 1, mask=list_start + 1 < list_end, other=n_kb)
     for it in range(list_start, list_end, 2):
-        kb_a = tl.load(indices_row_ptr + it)
+        kb_a = kb_a_next
+        kb_b = kb_b_next
+        kb_a_next = tl.load(indices_row_ptr + it + 2, mask=it + 2 < list_end, other=0)
+        kb_b_next = tl.load(indices_row_ptr + it + 3, mask=it + 3 < list_end, other=n_kb)
         if MASKED:
-            kb_b = tl.load(indices_row_ptr + it + 1, mask=it + 1 < list_end, other=n_kb)
             scale_b = tl.load(k_scale_head_ptr + kb_b, mask=kb_b < n_kb, other=0.0)
         else:
-            kb_b = tl.load(indices_row_ptr + it + 1)
             scale_b = tl.load(k_scale_head_ptr + kb_b)
         kb = tl.where(first_half, kb_a, kb_b)
         k_rows = kb * BLOCK_N + offs_in_block

@@ -81,6 +81,19 @@ def test_target_verdicts(results):
     assert jax.status == "MISS" and "1.100x" in jax.note and "hd64 N=8192 d=0.1" in jax.note
 
 
+def test_jax_ratio_uses_torch_timed_in_groups(tmp_path):
+    """Where a torch record has ms_group (timed as JAX is), P5's JAX ratio divides by it, not by ms."""
+    data = synthetic()
+    for r in data["records"]:
+        if r["system"] == "sparse_sageattn" and r["density"] == 0.1 and r["n"] == 8192:
+            r["ms_group"] = r["ms"] * (1.08 if r["head_dim"] == 64 else 0.9)  # JAX 1.10x / 1.08; 1.02x / 0.9
+    path = tmp_path / "grouped.json"
+    path.write_text(json.dumps(data))
+    (jax,) = [v for (name, _), v in _verdicts(path).items() if name == "P5" and "JAX" in v.goal]
+    assert jax.status == "MISS" and "1.133x" in jax.note and "hd128 N=8192 d=0.1" in jax.note
+    assert len([p for p in jax.points if not p[2]]) == 1  # the hd64 point now passes: 1.10 / 1.08
+
+
 def test_verdicts_turn_with_the_numbers(tmp_path):
     data = synthetic()
     for r in data["records"]:
