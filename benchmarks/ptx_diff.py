@@ -3,9 +3,9 @@ per configuration, so two trees can be compared: `python benchmarks/ptx_diff.py 
 with `--root .`; equal hashes = identical PTX.
 
 The launch (constexprs, warps, stages, argument types) comes from that tree's own `make_plan` for a small fp16
-problem at the given capability, so what is compiled is what the frontends would launch. Line info is disabled:
-it records source paths and line numbers, which differ between trees by construction and say nothing about the
-code. `--attention key_blocks_per_step=2` passes make_plan's attention_override and `--pv-dtype fp8` its pv_dtype
+(or `--dtype bfloat16`) problem at the given capability, so what is compiled is what the frontends would launch.
+Line info is disabled: it records source paths and line numbers, which differ between trees by construction and
+say nothing about the code. `--attention key_blocks_per_step=2` passes make_plan's attention_override and `--pv-dtype fp8` its pv_dtype
 (trees that have them).
 
 Also printed per configuration: the shared memory the compile asks for and the distinct wgmma shapes in the PTX;
@@ -30,9 +30,10 @@ from source_tree import load_core_kernels  # noqa: E402
 POINTER_TYPES = {"int8": "*i8", "uint8": "*u8", "int32": "*i32", "float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 
 
-def attention_launch(ck, head_dim, is_causal, return_lse, capability, attention_override, pv_dtype):
+def attention_launch(ck, head_dim, is_causal, return_lse, capability, attention_override, pv_dtype,
+                     dtype="float16"):
     shape = (1, 2, 256, head_dim)
-    desc = ck.ArrayDesc(shape, ck.plan.contiguous_strides(shape), "float16")
+    desc = ck.ArrayDesc(shape, ck.plan.contiguous_strides(shape), dtype)
     extra = {"attention_override": attention_override} if attention_override else {}
     if pv_dtype != "fp16":
         extra["pv_dtype"] = pv_dtype
@@ -41,9 +42,9 @@ def attention_launch(ck, head_dim, is_causal, return_lse, capability, attention_
     return plan, launch
 
 
-def compile_attention(plan, launch, capability):
+def compile_attention(plan, launch, capability, dtype="float16"):
     fn = launch.kernel
-    dtypes = {"q": "float16", "k": "float16", "v": "float16"}
+    dtypes = {"q": dtype, "k": dtype, "v": dtype}
     dtypes.update({name: buf.dtype for name, buf in plan.buffers.items()})
     runtime = ([POINTER_TYPES[dtypes[n]] for n in launch.inputs]
                + ["i32" if isinstance(s, int) else "fp32" for s in launch.scalars]
@@ -101,6 +102,7 @@ def main(argv=None):
     p.add_argument("--attention", action="append", default=[], metavar="FIELD=INT",
                    help="an attention_override entry for make_plan (repeatable)")
     p.add_argument("--pv-dtype", default="fp16")
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16"), help="of q, k and v")
     p.add_argument("--save", help="write each PTX to this folder")
     p.add_argument("--sass", action="store_true",
                    help="also print the opcodes (8 or more) of the unmasked attention loop in the SASS (sm_90)")
@@ -115,10 +117,11 @@ def main(argv=None):
         for is_causal in (False, True):
             for return_lse in (False, True):
                 plan, launch = attention_launch(ck, head_dim, is_causal, return_lse, capability, override,
-                                                args.pv_dtype)
-                compiled = compile_attention(plan, launch, capability)
+                                                args.pv_dtype, args.dtype)
+                compiled = compile_attention(plan, launch, capability, args.dtype)
                 ptx, shared = compiled.asm["ptx"], compiled.metadata.shared
-                label = f"hd{head_dim} fp16 pv={args.pv_dtype} causal={int(is_causal)} lse={int(return_lse)}"
+                dtype = {"float16": "fp16", "bfloat16": "bf16"}[args.dtype]
+                label = f"hd{head_dim} {dtype} pv={args.pv_dtype} causal={int(is_causal)} lse={int(return_lse)}"
                 shapes = collections.Counter(re.findall(r"wgmma\.mma_async(?:\.sp)?\.sync\.aligned\.([\w.]+)", ptx))
                 print(f"{label:<28} warps={launch.num_warps} stages={launch.num_stages} "
                       f"sha256={hashlib.sha256(ptx.encode()).hexdigest()[:16]} shared={shared} "
