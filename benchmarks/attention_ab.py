@@ -23,9 +23,11 @@ import torch
 import triton
 
 import sparse_sageattn.core_kernels as core_kernels
-from sparse_sageattn.core_kernels import INTERPRETED, configs
+from sparse_sageattn.core_kernels import INTERPRETED
+from sparse_sageattn.core_kernels.contract import BLOCK_M, BLOCK_N
 from sparse_sageattn.reference import COS_MIN, REL_L1_MAX, attention, cosine, rel_l1
-from source_tree import load_core_kernels
+from sparse_sageattn.torch import _launch
+from source_tree import attention_make_plan, load_core_kernels
 
 MASKS = ("dense", "causal", "half")  # half: a random mask keeping half of the blocks, not causal
 
@@ -39,51 +41,39 @@ def parse_variant(text):
 PLAN_FIELDS = ("pv_dtype", "tree")  # variant fields that are not AttentionConfig fields
 
 
-def desc(t, ck):
-    return ck.ArrayDesc(tuple(t.shape), tuple(t.stride()), str(t.dtype).removeprefix("torch."), str(t.device))
-
-
-def launch(step, arrays):
-    step.kernel[step.grid](*(arrays[n] for n in step.inputs), *step.scalars, *(arrays[n] for n in step.outputs),
-                           num_warps=step.num_warps, num_stages=step.num_stages, **step.constexprs)
-
-
 def run_config(n, head_dim, mask_kind, variants, trees, batch, heads, device, timed, launch_once=False):
     gen = torch.Generator(device).manual_seed(n + head_dim)
     q, k, v = (torch.randn(batch, heads, n, head_dim, generator=gen, device=device, dtype=torch.float16)
                for _ in range(3))
-    n_qb, n_kb = -(-n // configs.BLOCK_M), -(-n // configs.BLOCK_N)
+    n_qb, n_kb = -(-n // BLOCK_M), -(-n // BLOCK_N)
     mask = torch.rand(n_qb, n_kb, generator=gen, device=device) < 0.5 if mask_kind == "half" else None
     causal = mask_kind == "causal"
     capability = torch.cuda.get_device_capability(device) if device == "cuda" else None
+    descs = [_launch.describe(q), _launch.describe(k), _launch.describe(v),
+             None if mask is None else _launch.describe(mask)]
     plans = []
     for over in variants:
-        ck = trees[over.get("tree", "current")]
-        plans.append(ck.make_plan(desc(q, ck), desc(k, ck), desc(v, ck), None if mask is None else desc(mask, ck),
-                                  causal, "HND", None, True, False, capability, pv_dtype=over.get("pv_dtype", "fp16"),
-                                  attention_override={f: x for f, x in over.items() if f not in PLAN_FIELDS}))
+        make_plan = attention_make_plan(trees[over.get("tree", "current")])
+        plans.append(make_plan(*descs, causal, "HND", None, True, False, capability,
+                               pv_dtype=over.get("pv_dtype", "fp16"),
+                               attention_override={f: x for f, x in over.items() if f not in PLAN_FIELDS}))
     variant_arrays = []  # each variant's buffers, filled by its own plan's launches (pv_dtype changes them)
     for plan in plans:
-        arrays = {"q": q, "k": k, "v": v, "mask_id": mask}
-        for name, buf in plan.buffers.items():
-            dtype = getattr(torch, buf.dtype)
-            arrays[name] = (torch.empty(buf.shape, dtype=dtype, device=device) if buf.fill is None else
-                            torch.full(buf.shape, buf.fill, dtype=dtype, device=device))
-        for step in plan.launches:
-            launch(step, arrays)  # compiles; the attention output of each variant is kept for the comparison
+        arrays = _launch.run(plan, {"q": q, "k": k, "v": v, "mask_id": mask}, device)  # compiles; the attention
+        # output of each variant is kept for the comparison
         variant_arrays.append(arrays)
     if launch_once:
         return []
     steps = [next(s for s in p.launches if s.name == "attention") for p in plans]
     counts = variant_arrays[0]["block_counts"].view(-1, n_qb, 2)  # one list per (batch, head) the mask tells
     live = counts[..., 0].sum().item() * (batch * heads // counts.shape[0])
-    ops = 4 * head_dim * live * configs.BLOCK_M * configs.BLOCK_N
+    ops = 4 * head_dim * live * BLOCK_M * BLOCK_N
 
     outs, times = [a["out"] for a in variant_arrays], [[] for _ in steps]
     if timed:
         for i in list(range(len(steps))) + list(reversed(range(len(steps)))):
-            times[i].append(triton.testing.do_bench(lambda s=steps[i], a=variant_arrays[i]: launch(s, a), warmup=25,
-                                                    rep=100, return_mode="median"))
+            times[i].append(triton.testing.do_bench(lambda s=steps[i], a=variant_arrays[i]: _launch.launch(s, a),
+                                                    warmup=25, rep=100, return_mode="median"))
     rows = np.unique(np.linspace(0, n - 1, 64).astype(int))
     ref, _ = attention(*(x[:1, :1].float().cpu().numpy() for x in (q, k, v)),
                        None if mask is None else mask.cpu().numpy(), causal, rows=rows)

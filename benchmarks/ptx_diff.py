@@ -25,7 +25,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from source_tree import load_core_kernels  # noqa: E402
+from source_tree import attention_make_plan, contiguous_strides, load_core_kernels  # noqa: E402
 
 POINTER_TYPES = {"int8": "*i8", "uint8": "*u8", "int32": "*i32", "float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 
@@ -33,11 +33,11 @@ POINTER_TYPES = {"int8": "*i8", "uint8": "*u8", "int32": "*i32", "float32": "*fp
 def attention_launch(ck, head_dim, is_causal, return_lse, capability, attention_override, pv_dtype,
                      dtype="float16"):
     shape = (1, 2, 256, head_dim)
-    desc = ck.ArrayDesc(shape, ck.plan.contiguous_strides(shape), dtype)
+    desc = ck.ArrayDesc(shape, contiguous_strides(ck, shape), dtype)
     extra = {"attention_override": attention_override} if attention_override else {}
     if pv_dtype != "fp16":
         extra["pv_dtype"] = pv_dtype
-    plan = ck.make_plan(desc, desc, desc, None, is_causal, "HND", None, True, return_lse, capability, **extra)
+    plan = attention_make_plan(ck)(desc, desc, desc, None, is_causal, "HND", None, True, return_lse, capability, **extra)
     (launch,) = [step for step in plan.launches if step.name == "attention"]
     return plan, launch
 

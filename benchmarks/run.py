@@ -558,42 +558,27 @@ class Bench:
 
     def _plan_facts(self, c: Config, mask, sets, call_ms):
         """The issue's memory bound from the core plan's buffers and, if asked, each launch of the plan timed alone
-        (buffers allocated once per input set; launched as frontends/torch/attention.py does)."""
+        (buffers allocated once per input set; launched by the torch executor)."""
         torch = self.torch
-        from sparse_sageattn.core_kernels import ArrayDesc, make_plan
-
-        def desc(t):
-            return ArrayDesc(tuple(t.shape), tuple(t.stride()), c_dtype_name(t), str(t.device))
+        from sparse_sageattn.core_kernels import attention
+        from sparse_sageattn.torch import _launch
 
         capability = torch.cuda.get_device_capability() if self.cuda else None
         q, k, v = sets[0]
-        plan = make_plan(desc(q), desc(k), desc(v), None if mask is None else desc(mask), c.causal, "HND", None,
-                         True, False, capability)
+        plan = attention.make_plan(_launch.describe(q), _launch.describe(k), _launch.describe(v),
+                                   None if mask is None else _launch.describe(mask), c.causal, "HND", None, True,
+                                   False, capability)
 
         def nbytes(buf):
             return math.prod(buf.shape) * ITEMSIZE[buf.dtype]
 
         facts = dict(mem_bound_bytes=sum(nbytes(plan.buffers[n]) for n in MEMORY_BOUND_BUFFERS),
-                     plan_scratch_bytes=sum(nbytes(b) for n, b in plan.buffers.items() if n != "out"))
+                     plan_scratch_bytes=sum(nbytes(b) for n, b in plan.buffers.items() if n not in plan.outputs))
         if not c.breakdown:
             return facts
-        envs = []
-        for q, k, v in sets:
-            arrays = {"q": q, "k": k, "v": v, "mask_id": mask}
-            for name, buf in plan.buffers.items():
-                dtype = getattr(torch, buf.dtype)
-                arrays[name] = (torch.empty(buf.shape, dtype=dtype, device=self.device) if buf.fill is None else
-                                torch.full(buf.shape, buf.fill, dtype=dtype, device=self.device))
-            envs.append(arrays)
-
-        def launch(step, arrays):
-            step.kernel[step.grid](*(arrays[n] for n in step.inputs), *step.scalars,
-                                   *(arrays[n] for n in step.outputs), num_warps=step.num_warps,
-                                   num_stages=step.num_stages, **step.constexprs)
-
-        for arrays in envs:  # every buffer then holds what the next launch reads
-            for step in plan.launches:
-                launch(step, arrays)
+        # every buffer then holds what the next launch reads
+        envs = [_launch.run(plan, {"q": q, "k": k, "v": v, "mask_id": mask}, self.device) for q, k, v in sets]
+        launch = _launch.launch
         self.sync()
         facts["kernels_ms"] = {step.name: self.time_ms(lambda a, s=step: launch(s, a), [(a,) for a in envs],
                                                        call_ms if step.name == "attention" else 0.1)

@@ -17,3 +17,14 @@ def load_core_kernels(root):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def attention_make_plan(ck):
+    """The attention op's plan function of a loaded tree: `core_kernels.attention.make_plan`, or, in trees from
+    before the per-op packages, `core_kernels.make_plan` (their launches carry the same inputs / scalars /
+    outputs / constexprs fields, so the executors run them too)."""
+    return getattr(ck.attention, "make_plan", None) or ck.make_plan
+
+
+def contiguous_strides(ck, shape):
+    return (getattr(ck, "contiguous_strides", None) or ck.plan.contiguous_strides)(shape)

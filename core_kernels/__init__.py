@@ -1,14 +1,21 @@
-"""The only kernels of sparse_sageattn, written in Triton. Imports triton and the standard library only."""
+"""The only kernels of sparse_sageattn, written in Triton. Imports triton and the standard library only.
+
+  contract.py   the contract's constants (block sizes, LOG2E, E4M3_MAX, layouts, dtypes), each once
+  launch.py     the generic plan layer: ArrayDesc, Buffer, Ref, Launch (arguments bound by name), Plan
+  configs.py    the one static table of launch configurations
+  alignment.py  a device helper every op's kernels share
+  attention/    the sparse_sageattn op: kernels and plan
+  predict/      the predict_mask op: kernels and plan
+"""
 from triton.runtime.interpreter import InterpretedFunction
 
-from . import configs
-from .plan import ArrayDesc, Buffer, Launch, Plan, make_plan, make_predict_plan, validate, validate_predict
-from .attention import attention_kernel
+from . import attention, configs, contract, predict
+from .launch import ArrayDesc, Buffer, Launch, Plan, Ref, contiguous_strides
 
 # True when TRITON_INTERPRET=1 was set before these kernels were decorated: they then run on CPU arrays.
-INTERPRETED = isinstance(attention_kernel, InterpretedFunction)
+INTERPRETED = isinstance(attention.plan.attention_kernel, InterpretedFunction)
 
 __all__ = [
-    "ArrayDesc", "Buffer", "Launch", "Plan", "make_plan", "validate", "make_predict_plan", "validate_predict",
-    "configs", "INTERPRETED",
+    "ArrayDesc", "Buffer", "Launch", "Plan", "Ref", "contiguous_strides", "attention", "predict", "configs",
+    "contract", "INTERPRETED",
 ]

@@ -2,15 +2,18 @@
 
 Keyed by (compute capability, head_dim tile, dtype of q/k/v). Lookup falls back from the exact capability to
 its major version and then to DEFAULT, so an unknown GPU (or the interpreter, capability None) still launches.
-No autotuning happens on the call path: a frontend picks its entry from here and nothing else.
+No autotuning happens on the call path: a plan picks its entry from here and nothing else. An attention entry
+names its kernel variant (attention/plan.py: ATTENTION_KERNELS). The block sizes are the contract's
+(contract.py), not tuning knobs.
 """
 from dataclasses import dataclass, replace
 
-BLOCK_M = 128  # query rows per block: Q's quantization granularity and the mask's row block
-BLOCK_N = 64  # key rows per block: K's quantization granularity and the mask's column block
 ROWS_PER_CHUNK = 2048  # keys summed by one channel-sums program of sums_and_lists_kernel
 SUMS_TILE_ROWS = 64
 KB_TILE = 128  # key blocks compacted per step of a block-list program
+
+
+KERNEL_VARIANTS = ("triton",)
 
 
 @dataclass(frozen=True)
@@ -25,10 +28,13 @@ class AttentionConfig(KernelConfig):
     # N=128 and one softmax rescale per 128 keys). H100, kernel only (benchmarks/NOTES.md): 2 is 1.07-1.16x
     # faster at hd128 and 0.99-1.06x at hd64, so sm_90 takes it for both; sm_80 and hd256 are unmeasured.
     key_blocks_per_step: int = 1
+    kernel: str = "triton"  # the variant: a key of attention/plan.py's ATTENTION_KERNELS
 
     def __post_init__(self):
         if self.key_blocks_per_step not in (1, 2):
             raise ValueError(f"key_blocks_per_step must be 1 or 2, got {self.key_blocks_per_step!r}")
+        if self.kernel not in KERNEL_VARIANTS:
+            raise ValueError(f"kernel must be one of {KERNEL_VARIANTS}, got {self.kernel!r}")
 
 
 @dataclass(frozen=True)

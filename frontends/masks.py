@@ -19,7 +19,7 @@ import functools
 
 import numpy as np
 
-BLOCK_M, BLOCK_N = 128, 64
+from sparse_sageattn.core_kernels.contract import BLOCK_M, BLOCK_N
 
 
 def _count(value, name):

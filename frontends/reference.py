@@ -4,7 +4,7 @@ The tests, the demo and the benchmarks compare the kernels against it.
 """
 import numpy as np
 
-BLOCK_M, BLOCK_N = 128, 64
+from sparse_sageattn.core_kernels.contract import BLOCK_M, BLOCK_N, E4M3_MAX
 
 
 def to_bhnd(x, layout):
@@ -50,8 +50,6 @@ def attention(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", sm_sc
         lse = np.where(total[..., 0] == 0, -np.inf, np.log(total[..., 0]) + row_max[..., 0])
     return (out if tensor_layout == "HND" else out.transpose(0, 2, 1, 3)), lse
 
-
-E4M3_MAX = 448.0
 
 
 def round_e4m3(x):
@@ -130,7 +128,7 @@ def assert_close_fp8(out, ref_out, floor_out):
 
 
 def predicted_mask(q, k, cdf_threshold=None, topk=None, is_causal=False, tensor_layout="HND", sm_scale=None):
-    """The predict_mask selection rule in float64 (core_kernels/predict.py states it), by sorting.
+    """The predict_mask selection rule in float64 (core_kernels/predict/kernels.py states it), by sorting.
 
     Returns (mask, margin): bool (B, Hq, Qb, Kb), and float64 (B, Hq, Qb): how far each query block's closest
     decision was from flipping -- the smaller of |mass before a rank - cdf_threshold| and of the relative

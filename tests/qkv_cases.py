@@ -1,8 +1,8 @@
 """Inputs and a plan runner shared by the torch attention tests (tests/torch/test_attention*.py)."""
 import torch
 
-from sparse_sageattn.core_kernels import ArrayDesc, make_plan
-from sparse_sageattn.torch.attention import execute
+from sparse_sageattn.core_kernels.attention import make_plan
+from sparse_sageattn.torch import _launch
 
 PAIRS = {"key_blocks_per_step": 2}
 
@@ -26,18 +26,17 @@ def random_mask(seed, shape, density=0.6, dtype=torch.bool):
 
 
 def _desc(t):
-    return None if t is None else ArrayDesc(tuple(t.shape), tuple(t.stride()), str(t.dtype).removeprefix("torch."),
-                                            str(t.device))
+    return None if t is None else _launch.describe(t)
 
 
 def run_plan(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", return_lse=True, override=PAIRS,
              pv_dtype="fp16"):
-    """The torch frontend's launcher on a plan made with make_plan's attention_override: variants no table entry
-    selects yet. Returns (out, lse)."""
+    """The torch executor on a plan made with make_plan's attention_override: variants no table entry selects
+    yet. Returns (out, lse)."""
     capability = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else None
     plan = make_plan(_desc(q), _desc(k), _desc(v), _desc(mask_id), is_causal, tensor_layout, None, True, return_lse,
                      capability, pv_dtype=pv_dtype, attention_override=override)
     (step,) = [s for s in plan.launches if s.name == "attention"]
     assert step.constexprs["KEY_BLOCKS_PER_STEP"] == (override or {}).get("key_blocks_per_step", 1)
-    arrays = execute(plan, {"q": q, "k": k, "v": v, "mask_id": mask_id}, q.device)
+    arrays = _launch.run(plan, {"q": q, "k": k, "v": v, "mask_id": mask_id}, q.device)
     return arrays["out"], arrays["lse"]

@@ -1,9 +1,19 @@
-"""The launch plan's shape, framework-free: three launches per attention call, and the rules every launch keeps
-(core_kernels/alignment.py): no int argument specialized, arguments ordered inputs, scalars, outputs, constexprs."""
-import pytest
+"""The plan layer, framework-free: launches bound by the kernels' parameter names (core_kernels/launch.py), the
+three launches per attention call, the rules every launch keeps (core_kernels/alignment.py: no int argument
+specialized), and core_kernels importing nothing but triton and the standard library."""
+import ast
+import pathlib
+import sys
 
-from sparse_sageattn.core_kernels import ArrayDesc, configs, make_plan, make_predict_plan
-from sparse_sageattn.core_kernels.plan import contiguous_strides
+import pytest
+import triton
+import triton.language as tl
+
+from sparse_sageattn.core_kernels import ArrayDesc, Launch, Ref, configs, contiguous_strides, predict
+from sparse_sageattn.core_kernels.attention import make_plan
+from sparse_sageattn.core_kernels.contract import BLOCK_M, BLOCK_N
+
+CORE_KERNELS = pathlib.Path(__file__).resolve().parents[1] / "core_kernels"
 
 
 def desc(shape, dtype="float16"):
@@ -25,24 +35,24 @@ MODES = [dict(), dict(mask=True, is_causal=True, return_lse=True), dict(smooth_k
 def test_three_launches_split_by_program_id(mode):
     plan = attention_plan(**mode)
     assert [step.name for step in plan.launches] == ["sums_and_lists", "quantize", "attention"]
+    assert plan.outputs == ("out", "lse")
     sums_and_lists, quantize, _ = plan.launches
-    chunks, n_qb, n_kb = -(-2500 // configs.ROWS_PER_CHUNK), -(-300 // configs.BLOCK_M), -(-2500 // configs.BLOCK_N)
+    chunks, n_qb, n_kb = -(-2500 // configs.ROWS_PER_CHUNK), -(-300 // BLOCK_M), -(-2500 // BLOCK_N)
     fp8 = mode.get("pv_dtype") == "fp8"
     # K's sums and (FP8 P.V) V's maxima share the chunk programs
     chunk_programs = 2 * 2 * chunks if mode.get("smooth_k", True) or fp8 else 0
     lists = 4 if mode.get("mask") else 1  # a (Hq, Qb, Kb) mask: one list per head, shared over the batch
-    scalars = dict(zip(sums_and_lists.kernel.arg_names[len(sums_and_lists.inputs):], sums_and_lists.scalars))
-    assert scalars["chunk_programs"] == chunk_programs
+    assert sums_and_lists.args["chunk_programs"] == chunk_programs
     assert sums_and_lists.grid == (chunk_programs + lists * n_qb,)
-    scalars = dict(zip(quantize.kernel.arg_names[len(quantize.inputs):], quantize.scalars))
-    assert scalars["k_programs"] == 2 * 2 * n_kb and scalars["q_programs"] == 2 * 4 * n_qb
+    assert quantize.args["k_programs"] == 2 * 2 * n_kb and quantize.args["q_programs"] == 2 * 4 * n_qb
     assert quantize.grid == (2 * 2 * n_kb * (2 if fp8 else 1) + 2 * 4 * n_qb,)  # V blocks after Q's (FP8)
     assert (plan.buffers["v_fp8"].shape == (2 * 2 * n_kb * 64 * 64,)) == fp8
+    assert sums_and_lists.args["mask_ptr"] == Ref("mask_id" if mode.get("mask") else "q")
 
 
 def all_launches():
     plans = [attention_plan(**mode) for mode in MODES]
-    plans.append(make_predict_plan(desc((1, 4, 300, 64)), desc((1, 2, 700, 64)), topk=0.5))
+    plans.append(predict.make_plan(desc((1, 4, 300, 64)), desc((1, 2, 700, 64)), topk=0.5))
     return [step for plan in plans for step in plan.launches]
 
 
@@ -57,3 +67,46 @@ def test_launch_rules(step):
     for name, value in zip(names[n_in:n_in + n_scalars], step.scalars):
         assert isinstance(value, float) or name in unspecialized, name
     assert all(name.endswith("_ptr") for name in names[:n_in] + names[n_in + n_scalars:n_in + n_scalars + n_out])
+    # the bound order is the kernel's: every argument by its own name, nothing left over
+    order = [*step.inputs, *step.scalars, *step.outputs, *step.constexprs.values()]
+    assert order == [step.args[n].name if isinstance(step.args[n], Ref) else step.args[n] for n in names]
+    assert set(step.outputs) == set(step.writes)
+
+
+@triton.jit
+def _probe_kernel(x_ptr, n, y_ptr, BLOCK: tl.constexpr):
+    pass
+
+
+def _probe(args, writes=("y",)):
+    return Launch("probe", _probe_kernel, (1,), args, writes, 4, 1)
+
+
+def test_launch_binds_by_name_in_kernel_order():
+    step = _probe(dict(BLOCK=16, y_ptr=Ref("y"), n=7, x_ptr=Ref("x")))
+    assert (step.inputs, step.scalars, step.outputs, step.constexprs) == (("x",), (7,), ("y",), {"BLOCK": 16})
+
+
+@pytest.mark.parametrize("args,writes,message", [
+    (dict(x_ptr=Ref("x"), n=7, y_ptr=Ref("y")), ("y",), r"missing arguments \['BLOCK'\]"),
+    (dict(x_ptr=Ref("x"), n=7, y_ptr=Ref("y"), BLOCK=16, z_ptr=Ref("z")), ("y",), r"unknown arguments \['z_ptr'\]"),
+    (dict(x_ptr=Ref("x"), n=7, y_ptr=Ref("y"), BLOCK=Ref("b")), ("y",), r"constexpr BLOCK cannot be the array"),
+    (dict(x_ptr=Ref("x"), n=7, y_ptr=Ref("y"), BLOCK=16), ("x",), r"input pointers, scalars, output pointers"),
+    (dict(x_ptr=Ref("x"), n=7, y_ptr=Ref("y"), BLOCK=16), ("w",), r"writes \['w'\], which no argument passes"),
+])
+def test_launch_refuses_bad_bindings(args, writes, message):
+    with pytest.raises(TypeError, match=message):
+        _probe(args, writes)
+
+
+def test_core_kernels_import_only_triton_and_the_standard_library():
+    allowed = {"triton"} | set(sys.stdlib_module_names)
+    for path in CORE_KERNELS.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = [node.module.split(".")[0]]
+            else:
+                continue
+            assert set(roots) <= allowed, f"{path.relative_to(CORE_KERNELS)} imports {roots}"

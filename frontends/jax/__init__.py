@@ -1,7 +1,8 @@
 """JAX frontend: `sparse_sageattn` launching the core kernels through jax-triton on CUDA (imported lazily, only
 where that path is lowered), a pure-JAX path on other backends, a Flax `attention_fn` adapter, a shard_map
 wrapper, static block-mask builders and a predicted block mask."""
-from .attention import CAPABILITY_ENV, sparse_sageattn
+from ._launch import CAPABILITY_ENV
+from .attention import sparse_sageattn
 from .flax_adapter import attention_fn
 from .masks import causal_mask, sink_mask, sliding_window_mask, union_mask
 from .predict import predict_mask

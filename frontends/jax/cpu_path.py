@@ -11,11 +11,7 @@ import math
 
 import jax.numpy as jnp
 
-from sparse_sageattn.core_kernels.configs import BLOCK_M, BLOCK_N
-from sparse_sageattn.core_kernels.plan import LOG2E
-
-LN2 = math.log(2.0)
-E4M3_MAX = 448.0
+from sparse_sageattn.core_kernels.contract import BLOCK_M, BLOCK_N, E4M3_MAX, LN2, LOG2E
 
 
 def _quantize_blocks(x, rows):

@@ -9,7 +9,7 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from sparse_sageattn.core_kernels.configs import BLOCK_M, BLOCK_N
+from sparse_sageattn.core_kernels.contract import BLOCK_M, BLOCK_N
 
 from .attention import sparse_sageattn
 

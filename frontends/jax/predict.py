@@ -1,23 +1,21 @@
 """`predict_mask` for JAX: a SpargeAttn-style block mask predicted from q and k.
 
-As for attention, a `lax.platform_dependent` inside the jitted function picks per backend:
-  cuda     the primitive `sparse_sageattn_predict`, lowered into one jax_triton.triton_call per launch of the core
-           predict plan -- the torch frontend's kernels and scalars, so the same bits.
+As for attention, the executor (_launch.py) picks per backend inside the jitted function:
+  cuda     the core predict plan, one jax_triton.triton_call per launch -- the torch frontend's kernels and
+           scalars, so the same bits.
   default  `_pure_jax` below: the same rule by sorting (a correctness path; fp32, not bitwise the kernels').
-`custom_vmap` folds mapped axes into the batch. q and k pass through stop_gradient: a mask has no gradient.
+vmap folds mapped axes into the batch. q and k pass through stop_gradient: a mask has no gradient.
 """
 import dataclasses
 import functools
 
 import jax
-import jax.extend as jex
 import jax.numpy as jnp
-from jax.interpreters import mlir
 
-from sparse_sageattn.core_kernels import make_predict_plan, validate_predict
-from sparse_sageattn.core_kernels.configs import BLOCK_M, BLOCK_N
+from sparse_sageattn.core_kernels import predict
+from sparse_sageattn.core_kernels.contract import BLOCK_M, BLOCK_N
 
-from .attention import _compute_capability, _desc, _fold_batch, triton_calls
+from ._launch import PlanOp, describe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,30 +27,8 @@ class _PredictOptions:
     sm_scale: float | None
 
 
-def _plan(q, k, options: _PredictOptions):
-    return make_predict_plan(_desc(q), _desc(k), **dataclasses.asdict(options))
-
-
-def _launch_kernels(q, k, *, options):
-    return [triton_calls(_plan(q, k, options), {"q": q, "k": k}, _compute_capability())["mask"]]
-
-
-_predict_p = jex.core.Primitive("sparse_sageattn_predict")
-_predict_p.multiple_results = True
-
-
-@_predict_p.def_abstract_eval
-def _abstract_eval(q, k, *, options):
-    buf = _plan(q, k, options).buffers["mask"]
-    return [jax.core.ShapedArray(buf.shape, jnp.dtype(buf.dtype))]
-
-
-mlir.register_lowering(
-    _predict_p,
-    lambda ctx, q, k, options: mlir.lower_fun(
-        functools.partial(_launch_kernels, options=options), multiple_results=True)(ctx, q, k),
-    platform="cuda",
-)
+def _plan(descs, options: _PredictOptions, capability=None):
+    return predict.make_plan(descs["q"], descs["k"], **dataclasses.asdict(options))
 
 
 def _pool(x, rows):
@@ -97,32 +73,17 @@ def _pure_jax(q, k, *, cdf_threshold, topk, is_causal, tensor_layout, sm_scale):
     return (keep | forced).astype(jnp.int8)
 
 
-@functools.lru_cache(maxsize=None)
-def _predict_fn(options: _PredictOptions):
-    def kernels(q, k):
-        return _predict_p.bind(q, k, options=options)[0]
+def _default(q, k, *, options):
+    return (_pure_jax(q, k, **dataclasses.asdict(options)),)
 
-    @jax.custom_batching.custom_vmap
-    def predict(q, k):
-        return jax.lax.platform_dependent(
-            q, k, cuda=kernels, default=functools.partial(_pure_jax, **dataclasses.asdict(options)))
 
-    @predict.def_vmap
-    def _vmap_rule(axis_size, in_batched, q, k):
-        batch = q.shape[1] if in_batched[0] else q.shape[0]
-        mask = predict(*(_fold_batch(x, b, axis_size, False) for x, b in zip((q, k), in_batched)))
-        return mask.reshape((axis_size, batch) + mask.shape[1:]), True
-
-    return predict
+_predict = PlanOp("sparse_sageattn_predict", ("q", "k"), _plan, _default)  # the caller stops gradients
 
 
 @functools.partial(jax.jit, static_argnames=("options",))
 def _forward(q, k, options: _PredictOptions):
-    q, k = jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)
-    plan = _plan(q, k, options)
-    if not plan.launches:  # an empty problem: an all-zero (possibly empty) mask
-        return jnp.zeros(plan.buffers["mask"].shape, jnp.int8)
-    return _predict_fn(options)(q, k)
+    (mask,) = _predict((jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)), options)
+    return mask
 
 
 def predict_mask(q, k, *, cdf_threshold=None, topk=None, is_causal=False, tensor_layout="HND", sm_scale=None):
@@ -147,7 +108,7 @@ def predict_mask(q, k, *, cdf_threshold=None, topk=None, is_causal=False, tensor
     for name, x in (("q", q), ("k", k)):
         if not isinstance(x, jax.Array):
             raise TypeError(f"predict_mask: {name} must be a jax.Array, got {type(x).__name__}")
-    validate_predict(_desc(q), _desc(k), cdf_threshold, topk, is_causal, tensor_layout, sm_scale)
+    predict.validate(describe(q), describe(k), cdf_threshold, topk, is_causal, tensor_layout, sm_scale)
     as_float = (lambda x: None if x is None else float(x))
     options = _PredictOptions(as_float(cdf_threshold), as_float(topk), is_causal, tensor_layout, as_float(sm_scale))
     return _forward(q, k, options=options)

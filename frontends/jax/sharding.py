@@ -10,9 +10,11 @@ import math
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sparse_sageattn.core_kernels import validate
+from sparse_sageattn.core_kernels import attention
+from sparse_sageattn.core_kernels.contract import layout_axes
 
-from .attention import _desc, sparse_sageattn
+from ._launch import describe
+from .attention import sparse_sageattn
 
 
 def _axis_size(mesh, axis):
@@ -40,9 +42,9 @@ def sharded_sparse_sageattn(mesh, q, k, v, mask_id=None, is_causal=False, tensor
     for name, x in {"q": q, "k": k, "v": v, "mask_id": mask_id}.items():
         if x is not None and not isinstance(x, jax.Array):
             raise TypeError(f"sparse_sageattn: {name} must be a jax.Array, got {type(x).__name__}")
-    validate(_desc(q), _desc(k), _desc(v), None if mask_id is None else _desc(mask_id), is_causal, tensor_layout,
-             sm_scale, smooth_k, return_lse, pv_dtype)
-    b_axis, h_axis = (0, 1) if tensor_layout == "HND" else (0, 2)
+    attention.validate(describe(q), describe(k), describe(v), None if mask_id is None else describe(mask_id),
+                       is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype)
+    b_axis, h_axis, _ = layout_axes(tensor_layout)
     for arg, axis, dim, what in (("batch_axis", batch_axis, q.shape[b_axis], "batch"),
                                  ("head_axis", head_axis, k.shape[h_axis], "kv head count")):
         if dim % _axis_size(mesh, axis) != 0:

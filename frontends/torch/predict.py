@@ -1,21 +1,29 @@
 """`predict_mask` for PyTorch: a SpargeAttn-style block mask predicted from q and k by the core kernels.
 
-Registered as the custom op `sparse_sageattn::predict_mask` (a `torch.library.triton_op`), so it traces into
-`torch.compile(fullgraph=True)` and CUDA graphs like the attention op. No host synchronization.
+The custom op `sparse_sageattn::predict_mask` (a `torch.library.triton_op`) traces into
+`torch.compile(fullgraph=True)`; eager calls take the executor's cached direct launches; CUDA graphs capture
+both. No host synchronization.
 """
 import torch
-from torch.library import triton_op
 
-from sparse_sageattn.core_kernels import make_predict_plan, validate_predict
+from sparse_sageattn.core_kernels import predict
 
-from .attention import _desc, check_inputs, execute
+from ._launch import PlanOp, describe
+from .attention import check_device, check_tensors
 
 
-@triton_op("sparse_sageattn::predict_mask", mutates_args=())
-def _predict(q: torch.Tensor, k: torch.Tensor, cdf_threshold: float | None, topk: float | None, is_causal: bool,
-             tensor_layout: str, sm_scale: float | None) -> torch.Tensor:
-    plan = make_predict_plan(_desc(q), _desc(k), cdf_threshold, topk, is_causal, tensor_layout, sm_scale)
-    return execute(plan, {"q": q, "k": k}, q.device)["mask"]
+def _plan(q: torch.Tensor, k: torch.Tensor, cdf_threshold: float | None, topk: float | None, is_causal: bool,
+          tensor_layout: str, sm_scale: float | None):
+    plan = predict.make_plan(describe(q), describe(k), cdf_threshold, topk, is_causal, tensor_layout, sm_scale)
+    check_device("predict_mask", q)
+    return plan
+
+
+_predict = PlanOp("sparse_sageattn::predict_mask", _plan, ("q", "k"), len(predict.OUTPUTS))
+
+
+def _as_float(x):
+    return float(x) if not isinstance(x, bool) and isinstance(x, (int, float)) else x
 
 
 def predict_mask(q, k, *, cdf_threshold=None, topk=None, is_causal=False, tensor_layout="HND", sm_scale=None):
@@ -36,9 +44,8 @@ def predict_mask(q, k, *, cdf_threshold=None, topk=None, is_causal=False, tensor
     Returns:
       int8 (B, Hq, ceil(Nq/128), ceil(Nk/64)) on q's device, 1 = compute the block: a `mask_id`.
     """
-    check_inputs("predict_mask", {"q": q, "k": k}, lambda: validate_predict(
-        _desc(q), _desc(k), cdf_threshold, topk, is_causal, tensor_layout, sm_scale))
-    as_float = (lambda x: None if x is None else float(x))
+    check_tensors("predict_mask", {"q": q, "k": k})
     # A mask is not differentiable: detach so that inputs requiring grad need no autograd rule.
-    return _predict(q.detach(), k.detach(), as_float(cdf_threshold), as_float(topk), is_causal, tensor_layout,
-                    as_float(sm_scale))
+    (mask,) = _predict(q.detach(), k.detach(), _as_float(cdf_threshold), _as_float(topk), is_causal, tensor_layout,
+                       _as_float(sm_scale))
+    return mask

@@ -37,7 +37,7 @@ have different block grids.
 """
 import torch
 
-from sparse_sageattn.core_kernels.plan import PV_DTYPES
+from sparse_sageattn.core_kernels.contract import PV_DTYPES
 from sparse_sageattn.torch.attention import sparse_sageattn
 
 __all__ = ["register", "sparse_sageattn_attention", "sparse_sageattn_mask"]

@@ -14,11 +14,10 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from sparse_sageattn.core_kernels import INTERPRETED
-from sparse_sageattn.core_kernels import ArrayDesc, make_predict_plan
-from sparse_sageattn.core_kernels.plan import contiguous_strides
+from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, contiguous_strides, predict
 from sparse_sageattn.jax import predict_mask, sparse_sageattn
-from sparse_sageattn.jax.attention import _Options, _compute_capability, _plan
+from sparse_sageattn.jax._launch import compute_capability
+from sparse_sageattn.jax.attention import _Options, _attention
 
 # (dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, mask dtype or None, is_causal, return_lse, smooth_k,
 # pv_dtype): every head-dim tile in both dtypes, and each mode flag on and off in each dtype. The FP8 P.V cases
@@ -66,7 +65,7 @@ def lower(case):
 
     text = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
     options = _Options(is_causal, layout, None, smooth_k, return_lse, pv_dtype)
-    plan = _plan(args, options, _compute_capability())
+    plan = _attention.plan(args, options, compute_capability())
     return {"ops": sorted(set(re.findall(r"stablehlo\.[a-z_]+", text))),
             "triton_calls": text.count("@triton_kernel_call("), "launches": len(plan.launches)}
 
@@ -81,7 +80,7 @@ def lower_predict(case):
         return predict_mask(q, k, tensor_layout=layout, **options)
 
     text = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    plan = make_predict_plan(*(ArrayDesc(s, contiguous_strides(s), dtype) for s in shapes), tensor_layout=layout,
+    plan = predict.make_plan(*(ArrayDesc(s, contiguous_strides(s), dtype) for s in shapes), tensor_layout=layout,
                              **options)
     return {"ops": sorted(set(re.findall(r"stablehlo\.[a-z_]+", text))),
             "triton_calls": text.count("@triton_kernel_call("), "launches": len(plan.launches)}

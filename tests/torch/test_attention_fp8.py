@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from sparse_sageattn import sparse_sageattn
-from sparse_sageattn.core_kernels import ArrayDesc, make_plan
-from sparse_sageattn.core_kernels.plan import contiguous_strides
+from sparse_sageattn.core_kernels import ArrayDesc
+from sparse_sageattn.core_kernels.attention import make_plan
+from sparse_sageattn.core_kernels import contiguous_strides
 from sparse_sageattn.reference import assert_close_fp8, attention, fp8_pv_attention
 
 from qkv_cases import make_qkv, random_mask, run_plan

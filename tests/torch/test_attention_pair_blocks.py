@@ -9,7 +9,8 @@ Nq != Nk, a ragged key tail, GQA, and rows that see nothing.
 import pytest
 import torch
 
-from sparse_sageattn.core_kernels import ArrayDesc, make_plan
+from sparse_sageattn.core_kernels import ArrayDesc
+from sparse_sageattn.core_kernels.attention import make_plan
 from sparse_sageattn.reference import assert_close, attention
 
 from qkv_cases import PAIRS, make_qkv, random_mask, run_plan as run

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sparse_sageattn import sparse_sageattn
-from sparse_sageattn.core_kernels import ArrayDesc, validate_predict
+from sparse_sageattn.core_kernels import ArrayDesc, predict
 from sparse_sageattn.reference import assert_close, attention, predicted_mask
 from sparse_sageattn.torch import predict_mask
 
@@ -122,4 +122,4 @@ def test_errors_on_tensors(device):
         predict_mask(q, torch.zeros(1, 3, 128, 64, dtype=torch.float16, device=device), topk=0.5)
     too_long = ArrayDesc((1, 1, 8192 * 64 + 1, 64), (0, 0, 64, 1), "float16")
     with pytest.raises(ValueError, match="k may hold at most 524288 keys"):
-        validate_predict(too_long, too_long, None, 0.5, False, "HND", None)
+        predict.validate(too_long, too_long, None, 0.5, False, "HND", None)

@@ -14,7 +14,7 @@ own constexprs and the warps of a launch of its own: the same tiles and layouts,
 import triton
 import triton.language as tl
 
-from .alignment import _aligned
+from ..alignment import _aligned
 from .block_lists import _block_list
 from .quantize import _channel_reduce, _quantize_block, _quantize_v_block
 

@@ -11,10 +11,11 @@ Rows that see no key end with l == 0 and are written as zeros with lse = -inf.
 import triton
 import triton.language as tl
 
-from .alignment import _aligned
+from ..alignment import _aligned
+from .. import contract
 from .fp8 import E4M3_MAX, to_e4m3
 
-LN2 = tl.constexpr(0.6931471805599453)  # a global a compiled kernel may read must be a tl.constexpr object
+LN2 = tl.constexpr(contract.LN2)  # a global a compiled kernel may read must be a tl.constexpr object
 P_FP8_SCALE = E4M3_MAX  # static scale of P (in [0, 1]) in the FP8 P.V mode: its largest value maps to e4m3's
 
 

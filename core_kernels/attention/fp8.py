@@ -8,7 +8,9 @@ bitcast. The same bits on CPU and GPU, and no extra instructions in the compiled
 import triton
 import triton.language as tl
 
-E4M3_MAX = tl.constexpr(448.0)
+from .. import contract
+
+E4M3_MAX = tl.constexpr(contract.E4M3_MAX)
 _E4M3_MIN_NORMAL = tl.constexpr(0.015625)  # 2**-6; below it the grid is uniform, 2**-9 apart
 _SUBNORMAL_MAGIC = tl.constexpr(24576.0)  # 1.5 * 2**14: fp32 values near it are 2**-9 apart
 

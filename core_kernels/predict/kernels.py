@@ -26,7 +26,7 @@ fixed reduction order never decrease, so the search is exact for the sums it com
 import triton
 import triton.language as tl
 
-from .alignment import _aligned
+from ..alignment import _aligned
 
 
 @triton.jit(do_not_specialize=["n_rows", "heads", "stride_b", "stride_h", "stride_n", "out_stride_blk",

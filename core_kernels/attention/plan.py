@@ -1,0 +1,250 @@
+"""The attention op's plan: validation and launches of one sparse_sageattn call, framework-free.
+
+Both frontends call `make_plan` with `ArrayDesc`s of q, k, v (and mask_id) and get back the same errors and the
+same `Plan`: scratch buffers, three launches bound by parameter name (K sums + block lists, Q/K quantization,
+attention), and the outputs ("out", "lse").
+
+Integer arithmetic here also accepts torch SymInts: nothing branches on a sequence length except emptiness,
+so `torch.compile(dynamic=True)` does not recompile per length.
+"""
+import math
+
+from .. import configs
+from ..contract import (BLOCK_M, BLOCK_N, FLOAT_DTYPES, FP8_MIN_CAPABILITY, LAYOUTS, LOG2E, MASK_DTYPES,
+                        MAX_HEAD_DIM, PV_DTYPES, bhnd_shape, cdiv, layout_axes)
+from ..launch import ArrayDesc, Buffer, Launch, Plan, Ref, contiguous_strides, flat, next_pow2
+from .kernel import attention_kernel
+from .prepare import quantize_kernel, sums_and_lists_kernel
+
+# The attention kernel variants a table entry may name (configs.AttentionConfig.kernel).
+ATTENTION_KERNELS = {"triton": attention_kernel}
+OUTPUTS = ("out", "lse")
+# In-tile offsets are int32 (block bases are int64): a tile of BLOCK_M rows must stay below 2**31 elements.
+MAX_ROW_STRIDE = (2**31 - 1) // BLOCK_M
+MAX_GRID_Y = 65535
+
+
+def fmt_shape(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _check_flag(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"sparse_sageattn: {name} must be a bool, got {type(value).__name__}")
+
+
+def bhn_strides(desc: ArrayDesc, layout: str):
+    """(batch, head, seq) strides of a 4-D array in the given layout."""
+    return tuple(desc.strides[axis] for axis in layout_axes(layout))
+
+
+def aligned_strides(*stride_groups):
+    """STRIDE_ALIGN and the strides in its units: 8 when every stride is a multiple of 8 (16-byte rows for vector
+    loads; see core_kernels/alignment.py for why this is not left to specialization), else 1."""
+    align = 8 if all(s % 8 == 0 for group in stride_groups for s in group) else 1
+    return align, [tuple(s // align for s in group) for group in stride_groups]
+
+
+def _mask_strides(mask: ArrayDesc, target: tuple):
+    """Strides of `mask` broadcast (numpy rules) to the 4-D `target` shape: 0 along broadcast dims."""
+    if len(mask.shape) > 4 or any(
+        m != 1 and m != t for m, t in zip(reversed(mask.shape), reversed(target))
+    ):
+        raise ValueError(
+            f"sparse_sageattn: mask_id of shape {fmt_shape(mask.shape)} is not broadcastable to "
+            f"(B, Hq, ceil(Nq/{BLOCK_M}), ceil(Nk/{BLOCK_N})) = {fmt_shape(target)}"
+        )
+    pad = 4 - len(mask.shape)
+    shape = (1,) * pad + tuple(mask.shape)
+    strides = (0,) * pad + tuple(mask.strides)
+    return shape, tuple(0 if n == 1 else st for n, st in zip(shape, strides))
+
+
+def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tensor_layout, sm_scale,
+             smooth_k, return_lse, pv_dtype="fp16"):
+    """Raise ValueError/TypeError naming the argument for anything the kernels do not support."""
+    if tensor_layout not in LAYOUTS:
+        raise ValueError(f"sparse_sageattn: tensor_layout must be 'HND' or 'NHD', got {tensor_layout!r}")
+    if pv_dtype not in PV_DTYPES:
+        raise ValueError(f"sparse_sageattn: pv_dtype must be 'fp16' (SageAttention V1's P.V) or 'fp8' (e4m3 P and "
+                         f"V, sm_89 and newer), got {pv_dtype!r}")
+    _check_flag("is_causal", is_causal)
+    _check_flag("smooth_k", smooth_k)
+    _check_flag("return_lse", return_lse)
+    if sm_scale is not None and (
+        isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float))
+        or not math.isfinite(sm_scale) or sm_scale <= 0
+    ):
+        raise ValueError(f"sparse_sageattn: sm_scale must be a positive finite number or None, got {sm_scale!r}")
+    dims = "(B, H, N, D)" if tensor_layout == "HND" else "(B, N, H, D)"
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if len(a.shape) != 4:
+            raise ValueError(
+                f"sparse_sageattn: {name} must have 4 dimensions {dims} for tensor_layout={tensor_layout!r}, "
+                f"got shape {fmt_shape(a.shape)}"
+            )
+        if a.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"sparse_sageattn: {name} must be float16 or bfloat16, got {a.dtype}")
+    for name, a in (("k", k), ("v", v)):
+        if a.dtype != q.dtype:
+            raise TypeError(f"sparse_sageattn: q, k and v must share one dtype, got q {q.dtype} and {name} {a.dtype}")
+    for name, a in (("k", k), ("v", v)):
+        if a.device != q.device:
+            raise ValueError(f"sparse_sageattn: q, k and v must be on one device, got q on {q.device} and "
+                             f"{name} on {a.device}")
+    b_axis, h_axis, n_axis = layout_axes(tensor_layout)
+    for name, a in (("k", k), ("v", v)):
+        if a.shape[b_axis] != q.shape[b_axis]:
+            raise ValueError(f"sparse_sageattn: {name} has batch {a.shape[b_axis]}, q has {q.shape[b_axis]}")
+        if a.shape[3] != q.shape[3]:
+            raise ValueError(f"sparse_sageattn: {name} has head_dim {a.shape[3]}, q has {q.shape[3]}")
+    if v.shape[n_axis] != k.shape[n_axis]:
+        raise ValueError(f"sparse_sageattn: v has {v.shape[n_axis]} keys, k has {k.shape[n_axis]}")
+    if v.shape[h_axis] != k.shape[h_axis]:
+        raise ValueError(f"sparse_sageattn: v has {v.shape[h_axis]} heads, k has {k.shape[h_axis]}")
+    heads_q, heads_kv = q.shape[h_axis], k.shape[h_axis]
+    if heads_kv == 0 or heads_q % heads_kv != 0:
+        raise ValueError(
+            f"sparse_sageattn: q's {heads_q} heads must be a multiple of k's and v's {heads_kv} heads (GQA/MQA)"
+        )
+    head_dim = q.shape[3]
+    if not (8 <= head_dim <= MAX_HEAD_DIM and head_dim % 8 == 0):
+        raise ValueError(
+            f"sparse_sageattn: head_dim must be a multiple of 8 between 8 and {MAX_HEAD_DIM} (64 and 128 are "
+            f"the fast paths), got {head_dim}"
+        )
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if a.strides[3] != 1:
+            raise ValueError(
+                f"sparse_sageattn: {name} must be contiguous in its last dimension (stride 1), got strides "
+                f"{fmt_shape(a.strides)}"
+            )
+        if any(abs(s) > MAX_ROW_STRIDE for s in bhn_strides(a, tensor_layout)[2:]):
+            raise ValueError(f"sparse_sageattn: {name}'s sequence stride must be at most {MAX_ROW_STRIDE}, "
+                             f"got strides {fmt_shape(a.strides)}")
+    n_q, n_k = q.shape[n_axis], k.shape[n_axis]
+    if cdiv(n_q, BLOCK_M) > MAX_GRID_Y or cdiv(n_k, BLOCK_N) > MAX_GRID_Y:
+        raise ValueError(
+            f"sparse_sageattn: at most {MAX_GRID_Y * BLOCK_M} queries and {MAX_GRID_Y * BLOCK_N} "
+            f"keys are supported, got {n_q} and {n_k}"
+        )
+    if mask_id is not None:
+        if mask_id.dtype not in MASK_DTYPES:
+            raise TypeError(f"sparse_sageattn: mask_id must be a bool or integer array (nonzero = compute the "
+                            f"block), got {mask_id.dtype}")
+        if mask_id.device != q.device:
+            raise ValueError(f"sparse_sageattn: mask_id must be on q's device {q.device}, got {mask_id.device}")
+        _mask_strides(mask_id, (q.shape[b_axis], heads_q, cdiv(n_q, BLOCK_M), cdiv(n_k, BLOCK_N)))
+
+
+def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | None = None, is_causal=False,
+              tensor_layout="HND", sm_scale=None, smooth_k=True, return_lse=False, capability=None, *,
+              pv_dtype="fp16", attention_override=None) -> Plan:
+    """Validate and resolve one sparse_sageattn call. `capability`: (major, minor) of the GPU, None = interpreter.
+
+    attention_override: fields replacing the table's attention entry (configs.lookup); for benchmarks and tests
+    of a variant, never passed by the frontends.
+    """
+    validate(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype)
+    pv_fp8 = pv_dtype == "fp8"
+    if pv_fp8 and capability is not None and tuple(capability) < FP8_MIN_CAPABILITY:
+        raise ValueError(f"sparse_sageattn: pv_dtype='fp8' needs FP8 tensor cores (compute capability 8.9 or newer: "
+                         f"Ada, Hopper, Blackwell); this GPU is sm_{capability[0]}{capability[1]}: use pv_dtype='fp16'")
+    b_axis, h_axis, n_axis = layout_axes(tensor_layout)
+    batch, heads_q, n_q = q.shape[b_axis], q.shape[h_axis], q.shape[n_axis]
+    head_dim = int(q.shape[3])  # a constexpr: specialise it even when shapes are symbolic
+    heads_kv, n_k = k.shape[h_axis], k.shape[n_axis]
+    kv_group = heads_q // heads_kv
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(head_dim)
+    head_dim_pad = max(32, next_pow2(head_dim))  # int8 tl.dot needs K >= 32
+    cfg = configs.lookup(capability, head_dim_pad, q.dtype, attention_override)
+    n_qb, n_kb = cdiv(n_q, BLOCK_M), cdiv(n_k, BLOCK_N)
+
+    out_shape = bhnd_shape(batch, heads_q, n_q, head_dim, tensor_layout)
+    lse_shape = (batch, heads_q, n_q) if return_lse else (1,)
+    if batch == 0 or heads_q == 0 or n_q == 0 or n_k == 0:
+        # Nothing to launch: an empty output, or (no keys) rows that see nothing -- zeros with lse -inf.
+        buffers = {"out": Buffer(out_shape, q.dtype, 0.0), "lse": Buffer(lse_shape, "float32", -math.inf)}
+        return Plan(buffers, (), OUTPUTS)
+
+    out_strides = bhn_strides(ArrayDesc(out_shape, contiguous_strides(out_shape), q.dtype), tensor_layout)
+    stride_align, (q_strides, k_strides, v_strides, out_strides) = aligned_strides(
+        bhn_strides(q, tensor_layout), bhn_strides(k, tensor_layout), bhn_strides(v, tensor_layout), out_strides)
+
+    def strides(prefix, values):
+        return {f"stride_{prefix}{axis}": s for axis, s in zip("bhn", values)}
+
+    dims = dict(HEAD_DIM=head_dim, HEAD_DIM_PAD=head_dim_pad, STRIDE_ALIGN=stride_align)
+    fp8 = dict(PV_FP8=pv_fp8, FP8_SOFTWARE_ROUNDING=capability is None)  # see fp8.py: the interpreter's cast
+    blocks = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+
+    # Block lists: one per (batch, head) the mask distinguishes; a mask broadcast over heads shares one list.
+    mask_ref, mask_strides, list_b, list_h = Ref("q"), (0, 0, 0, 0), 1, 1  # no mask: q is an unread pointer
+    if mask_id is not None:
+        mask_shape, mask_strides = _mask_strides(mask_id, (batch, heads_q, n_qb, n_kb))
+        mask_ref = Ref("mask_id")
+        list_b = batch if mask_shape[0] != 1 else 1
+        list_h = heads_q if mask_shape[1] != 1 else 1
+    n_chunks = cdiv(n_k, configs.ROWS_PER_CHUNK)
+    chunk_programs = batch * heads_kv * n_chunks if smooth_k or pv_fp8 else 0
+    # A buffer its mode does not use is neither written nor read: a one-element slot.
+    chunk_partials = flat(batch * heads_kv, n_chunks, head_dim_pad)
+    shift_lse = smooth_k and return_lse
+    buffers = {
+        "k_channel_sums": Buffer(chunk_partials if smooth_k else (1,), "float32"),
+        "v_channel_amax": Buffer(chunk_partials if pv_fp8 else (1,), "float32"),
+        "block_counts": Buffer(flat(list_b * list_h, n_qb, 2), "int32"),
+        "block_indices": Buffer(flat(list_b * list_h, n_qb, n_kb), "int32"),
+        "q_int8": Buffer(flat(batch * heads_q, n_qb * BLOCK_M, head_dim), "int8"),
+        "q_scale": Buffer(flat(batch * heads_q, n_qb), "float32"),
+        "q_row_shift": Buffer(flat(batch * heads_q, n_qb * BLOCK_M) if shift_lse else (1,), "float32"),
+        "k_int8": Buffer(flat(batch * heads_kv, n_kb * BLOCK_N, head_dim), "int8"),
+        "k_scale": Buffer(flat(batch * heads_kv, n_kb), "float32"),
+        "v_fp8": Buffer(flat(batch * heads_kv, n_kb * BLOCK_N, head_dim) if pv_fp8 else (1,), "uint8"),
+        "v_scale": Buffer(flat(batch * heads_kv, head_dim_pad) if pv_fp8 else (1,), "float32"),
+        "out": Buffer(out_shape, q.dtype),
+        "lse": Buffer(lse_shape, "float32"),
+    }
+
+    sums_and_lists = Launch(
+        "sums_and_lists", sums_and_lists_kernel, (chunk_programs + list_b * list_h * n_qb,),
+        dict(k_ptr=Ref("k"), v_ptr=Ref("v"), mask_ptr=mask_ref,
+             n_q=n_q, n_k=n_k, heads_kv=heads_kv, list_heads=list_h, chunk_programs=chunk_programs,
+             **strides("k", k_strides), **strides("v", v_strides),
+             **{f"stride_m{axis}": s for axis, s in zip("bhqk", mask_strides)},
+             partial_sums_ptr=Ref("k_channel_sums"), partial_amax_ptr=Ref("v_channel_amax"),
+             counts_ptr=Ref("block_counts"), indices_ptr=Ref("block_indices"),
+             ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, TILE_ROWS=configs.SUMS_TILE_ROWS, **dims, SMOOTH_K=smooth_k,
+             PV_FP8=pv_fp8, **blocks, KB_TILE=configs.KB_TILE, HAS_MASK=mask_id is not None, IS_CAUSAL=is_causal),
+        ("k_channel_sums", "v_channel_amax", "block_counts", "block_indices"),
+        cfg.sums_and_lists.num_warps, cfg.sums_and_lists.num_stages)
+
+    k_programs, q_programs = batch * heads_kv * n_kb, batch * heads_q * n_qb
+    quantize = Launch(
+        "quantize", quantize_kernel, (k_programs + q_programs + (k_programs if pv_fp8 else 0),),
+        dict(q_ptr=Ref("q"), k_ptr=Ref("k"), v_ptr=Ref("v"), partial_sums_ptr=Ref("k_channel_sums"),
+             partial_amax_ptr=Ref("v_channel_amax"),
+             q_pre_scale=float(sm_scale) * LOG2E, n_q=n_q, n_k=n_k, heads_q=heads_q, heads_kv=heads_kv,
+             k_programs=k_programs, q_programs=q_programs,
+             **strides("q", q_strides), **strides("k", k_strides), **strides("v", v_strides),
+             q_int8_ptr=Ref("q_int8"), q_scale_ptr=Ref("q_scale"), q_row_shift_ptr=Ref("q_row_shift"),
+             k_int8_ptr=Ref("k_int8"), k_scale_ptr=Ref("k_scale"), v_fp8_ptr=Ref("v_fp8"), v_scale_ptr=Ref("v_scale"),
+             **blocks, ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SMOOTH_K=smooth_k, WRITE_ROW_SHIFT=shift_lse,
+             **dims, **fp8),
+        ("q_int8", "q_scale", "q_row_shift", "k_int8", "k_scale", "v_fp8", "v_scale"),
+        cfg.quantize.num_warps, cfg.quantize.num_stages)
+
+    attention = Launch(
+        "attention", ATTENTION_KERNELS[cfg.attention.kernel], (batch * heads_q * n_qb,),
+        dict(q_int8_ptr=Ref("q_int8"), q_scale_ptr=Ref("q_scale"), k_int8_ptr=Ref("k_int8"),
+             k_scale_ptr=Ref("k_scale"), v_ptr=Ref("v"), v_fp8_ptr=Ref("v_fp8"), v_scale_ptr=Ref("v_scale"),
+             counts_ptr=Ref("block_counts"), indices_ptr=Ref("block_indices"), row_shift_ptr=Ref("q_row_shift"),
+             n_q=n_q, n_k=n_k, heads_q=heads_q, kv_group=kv_group,
+             list_stride_b=list_h if list_b != 1 else 0, list_stride_h=1 if list_h != 1 else 0,
+             **strides("v", v_strides), **strides("o", out_strides),
+             out_ptr=Ref("out"), lse_ptr=Ref("lse"),
+             **blocks, IS_CAUSAL=is_causal, RETURN_LSE=return_lse, SHIFT_LSE=shift_lse,
+             KEY_BLOCKS_PER_STEP=cfg.attention.key_blocks_per_step, **dims, **fp8),
+        ("out", "lse"), cfg.attention.num_warps, cfg.attention.num_stages)
+    return Plan(buffers, (sums_and_lists, quantize, attention), OUTPUTS)

@@ -1,0 +1,76 @@
+"""One case list (tests/attention_cases.py), every path that computes the attention op, the same bounds.
+
+Paths: the torch call (Triton interpreter without a GPU, the GPU with one), the plain kernel's two-key-blocks
+step (KEY_BLOCKS_PER_STEP=2, through a plan override), the FP8 P.V mode (its own, e4m3-floor bound), the JAX
+pure-JAX path on the CPU device, and the JAX CUDA path (GPU only). Each is checked against the float64
+reference of the contract (sparse_sageattn.reference).
+"""
+import numpy as np
+import pytest
+import torch
+
+from sparse_sageattn import sparse_sageattn
+from sparse_sageattn.reference import assert_close, assert_close_fp8, attention, fp8_pv_attention
+
+from attention_cases import CASES, inputs
+from qkv_cases import run_plan
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+PATHS = ["torch", "torch_pairs", "torch_fp8", "jax_cpu", "jax_cuda"]
+INTERPRETER_DTYPES = ("float16",)  # the Triton interpreter has no bfloat16
+
+
+def torch_inputs(case, arrays):
+    q, k, v, mask = arrays
+    dtype = getattr(torch, case.dtype)
+    tensors = [torch.from_numpy(x).to(DEVICE, dtype) for x in (q, k, v)]
+    return tensors + [None if mask is None else torch.from_numpy(mask).to(DEVICE)]
+
+
+def run_path(path, case, arrays):
+    """(out, lse) of one path as float64 numpy."""
+    flags = dict(is_causal=case.is_causal, tensor_layout=case.layout, smooth_k=case.smooth_k, return_lse=True)
+    if path.startswith("torch"):
+        if not ON_GPU and case.dtype not in INTERPRETER_DTYPES:
+            pytest.skip("the Triton interpreter has no bfloat16")
+        q, k, v, mask = torch_inputs(case, arrays)
+        if path == "torch_pairs":
+            assert case.smooth_k, "run_plan smooths K"
+            out, lse = run_plan(q, k, v, mask, case.is_causal, case.layout)
+        else:
+            out, lse = sparse_sageattn(q, k, v, mask, pv_dtype="fp8" if path == "torch_fp8" else "fp16", **flags)
+        return out.double().cpu().numpy(), lse.double().cpu().numpy()
+    import jax
+    import jax.numpy as jnp
+
+    from sparse_sageattn.jax import sparse_sageattn as jax_attention
+
+    if path == "jax_cuda" and not ON_GPU:
+        pytest.skip("needs a CUDA GPU")
+    device = jax.devices("cpu" if path == "jax_cpu" else "gpu")[0]
+    q, k, v, mask = arrays
+    dtype = jnp.dtype(case.dtype)
+    placed = [jax.device_put(jnp.asarray(x).astype(dtype), device) for x in (q, k, v)]
+    placed.append(None if mask is None else jax.device_put(jnp.asarray(mask), device))
+    out, lse = jax_attention(*placed, **flags)
+    return np.asarray(out.astype(jnp.float32), np.float64), np.asarray(lse, np.float64)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_case_on_path(case, path):
+    if path == "torch_pairs" and not case.smooth_k:
+        pytest.skip("the override runner smooths K")
+    arrays = inputs(case)
+    out, lse = run_path(path, case, arrays)
+    assert out.shape == arrays[0].shape
+    # the reference sees the inputs as the paths do: rounded to the case's dtype
+    q, k, v = (torch.from_numpy(x).to(getattr(torch, case.dtype)).double().numpy() for x in arrays[:3])
+    mask = arrays[3]
+    ref_out, ref_lse = attention(q, k, v, mask, case.is_causal, case.layout)
+    if path == "torch_fp8":
+        assert_close_fp8(out, ref_out, fp8_pv_attention(q, k, v, mask, case.is_causal, case.layout))
+    else:
+        assert_close(out, lse, ref_out, ref_lse, case.layout)
