@@ -4,6 +4,7 @@ import hashlib
 import importlib.util
 import os
 import sys
+import types
 
 
 def load_core_kernels(root):
@@ -21,9 +22,20 @@ def load_core_kernels(root):
 
 def attention_make_plan(ck):
     """The attention op's plan function of a loaded tree: `core_kernels.attention.make_plan`, or, in trees from
-    before the per-op packages, `core_kernels.make_plan` (their launches carry the same inputs / scalars /
-    outputs / constexprs fields, so the executors run them too)."""
-    return getattr(ck.attention, "make_plan", None) or ck.make_plan
+    before the per-op packages, `core_kernels.make_plan`, whose launches carry the same inputs / scalars /
+    outputs / constexprs fields and get the launch `options` the executors read."""
+    make_plan = getattr(ck.attention, "make_plan", None)
+    if make_plan is not None:
+        return make_plan
+
+    def old_layout_plan(*args, **kwargs):
+        plan = ck.make_plan(*args, **kwargs)
+        launches = tuple(types.SimpleNamespace(**vars(step), options=dict(num_warps=step.num_warps,
+                                                                          num_stages=step.num_stages))
+                         for step in plan.launches)
+        return types.SimpleNamespace(buffers=plan.buffers, launches=launches, outputs=("out", "lse"))
+
+    return old_layout_plan
 
 
 def contiguous_strides(ck, shape):

@@ -2,9 +2,13 @@
 
 Keyed by (compute capability, head_dim tile, dtype of q/k/v). Lookup falls back from the exact capability to
 its major version and then to DEFAULT, so an unknown GPU (or the interpreter, capability None) still launches.
-No autotuning happens on the call path: a plan picks its entry from here and nothing else. An attention entry
-names its kernel variant (attention/plan.py: ATTENTION_KERNELS). The block sizes are the contract's
-(contract.py), not tuning knobs.
+No autotuning happens on the call path: a plan picks its entry from here and nothing else. The block sizes are
+the contract's (contract.py), not tuning knobs.
+
+An entry lists attention candidates in order of preference; the plan takes the first whose `pv_dtypes` hold the
+call's and whose kernel variant (attention/plan.py: ATTENTION_KERNELS) states no reason to refuse the call
+(e.g. the Gluon kernel refuses a padded head dim). The last candidate of every entry is a plain Triton one
+that takes every call.
 """
 from dataclasses import dataclass, replace
 
@@ -12,8 +16,7 @@ ROWS_PER_CHUNK = 2048  # keys summed by one channel-sums program of sums_and_lis
 SUMS_TILE_ROWS = 64
 KB_TILE = 128  # key blocks compacted per step of a block-list program
 
-
-KERNEL_VARIANTS = ("triton",)
+KERNEL_VARIANTS = ("triton", "gluon_sm90")
 
 
 @dataclass(frozen=True)
@@ -25,10 +28,11 @@ class KernelConfig:
 @dataclass(frozen=True)
 class AttentionConfig(KernelConfig):
     # List entries (64-key blocks) one iteration consumes: 1, or 2 gathered into one 128-key tile (one Q.K^T of
-    # N=128 and one softmax rescale per 128 keys). H100, kernel only (benchmarks/NOTES.md): 2 is 1.07-1.16x
-    # faster at hd128 and 0.99-1.06x at hd64, so sm_90 takes it for both; sm_80 and hd256 are unmeasured.
+    # N=128 and one softmax rescale per 128 keys).
     key_blocks_per_step: int = 1
     kernel: str = "triton"  # the variant: a key of attention/plan.py's ATTENTION_KERNELS
+    pv_dtypes: tuple = ("fp16", "fp8")  # the P.V modes this entry serves
+    maxnreg: int | None = None  # a register cap at launch: what lets a warp-specialized kernel's setmaxnreg work
 
     def __post_init__(self):
         if self.key_blocks_per_step not in (1, 2):
@@ -39,36 +43,52 @@ class AttentionConfig(KernelConfig):
 
 @dataclass(frozen=True)
 class LaunchConfigs:
-    attention: AttentionConfig
+    attention: tuple  # AttentionConfig candidates, preferred first
     quantize: KernelConfig  # Q and K share it: num_warps sets both tiles' layouts, hence reduction orders
     sums_and_lists: KernelConfig
 
 
 _SIMPLE = KernelConfig(num_warps=4, num_stages=1)
-DEFAULT = LaunchConfigs(
-    attention=AttentionConfig(num_warps=4, num_stages=2),
-    quantize=_SIMPLE, sums_and_lists=_SIMPLE,
-)
+# Each variant's configuration when an override names it and its table entry has none.
+VARIANT_DEFAULTS = {
+    "triton": AttentionConfig(num_warps=4, num_stages=2),
+    # 4 warps = the default partition (one consumer warpgroup); the kernel adds a second consumer warpgroup and
+    # a loader, 12 warps in all, and 65536 registers / (12 * 32 threads) = 168 a thread at launch
+    "gluon_sm90": AttentionConfig(num_warps=4, num_stages=1, key_blocks_per_step=2, kernel="gluon_sm90",
+                                  pv_dtypes=("fp16",), maxnreg=168),
+}
+DEFAULT = LaunchConfigs(attention=(VARIANT_DEFAULTS["triton"],), quantize=_SIMPLE, sums_and_lists=_SIMPLE)
 
 
-def _configs(attention_warps: int, attention_stages: int, key_blocks_per_step: int = 1) -> LaunchConfigs:
-    return LaunchConfigs(AttentionConfig(attention_warps, attention_stages, key_blocks_per_step), _SIMPLE, _SIMPLE)
+def _triton(num_warps, num_stages, key_blocks_per_step=1, pv_dtypes=("fp16", "fp8")):
+    return AttentionConfig(num_warps, num_stages, key_blocks_per_step, pv_dtypes=pv_dtypes)
+
+
+_GLUON_SM90 = VARIANT_DEFAULTS["gluon_sm90"]
+
+
+def _entry(*attention) -> LaunchConfigs:
+    return LaunchConfigs(tuple(attention), _SIMPLE, _SIMPLE)
 
 
 # (capability, head_dim tile, dtype) -> configs; capability is major*10 + minor, or the major alone as a fallback.
+# Kernel-only timings behind each entry: benchmarks/NOTES.md. sm_90 hd128 (H200, N=8k): the Gluon kernel
+# (P.V in fp16, head dim exactly 128) 1.18-1.23x the former 8-warp pairs entry, 1.03x the 4-warp one-block
+# Triton entry that serves padded head dims (1.14-1.16x the 8-warp one); the FP8 P.V mode keeps 8 warps (4:
+# 0.67-0.88x). sm_90 hd64: Triton (the Gluon kernel 0.93x, one block a step 0.98x). sm_80 and hd256 unmeasured.
 TABLE = {
-    (9, 64, "float16"): _configs(4, 3, 2),
-    (9, 64, "bfloat16"): _configs(4, 3, 2),
-    (9, 128, "float16"): _configs(8, 3, 2),
-    (9, 128, "bfloat16"): _configs(8, 3, 2),
-    (9, 256, "float16"): _configs(8, 2),
-    (9, 256, "bfloat16"): _configs(8, 2),
-    (8, 64, "float16"): _configs(4, 3),
-    (8, 64, "bfloat16"): _configs(4, 3),
-    (8, 128, "float16"): _configs(8, 2),
-    (8, 128, "bfloat16"): _configs(8, 2),
-    (8, 256, "float16"): _configs(8, 1),
-    (8, 256, "bfloat16"): _configs(8, 1),
+    (9, 64, "float16"): _entry(_triton(4, 3, 2)),
+    (9, 64, "bfloat16"): _entry(_triton(4, 3, 2)),
+    (9, 128, "float16"): _entry(_GLUON_SM90, _triton(4, 3, 1, ("fp16",)), _triton(8, 3, 2, ("fp8",))),
+    (9, 128, "bfloat16"): _entry(_GLUON_SM90, _triton(4, 3, 1, ("fp16",)), _triton(8, 3, 2, ("fp8",))),
+    (9, 256, "float16"): _entry(_triton(8, 2)),
+    (9, 256, "bfloat16"): _entry(_triton(8, 2)),
+    (8, 64, "float16"): _entry(_triton(4, 3)),
+    (8, 64, "bfloat16"): _entry(_triton(4, 3)),
+    (8, 128, "float16"): _entry(_triton(8, 2)),
+    (8, 128, "bfloat16"): _entry(_triton(8, 2)),
+    (8, 256, "float16"): _entry(_triton(8, 1)),
+    (8, 256, "bfloat16"): _entry(_triton(8, 1)),
 }
 
 
@@ -80,16 +100,23 @@ def predict_select(kb_pad: int) -> KernelConfig:
     return KernelConfig(num_warps=min(16, max(4, kb_pad // 256)), num_stages=1)
 
 
-def lookup(capability, head_dim_pad: int, dtype: str, attention_override=None) -> LaunchConfigs:
+def lookup(capability, head_dim_pad: int, dtype: str, pv_dtype: str = "fp16",
+           attention_override=None) -> LaunchConfigs:
     """capability: (major, minor) or None (interpreter).
 
-    attention_override: a mapping of AttentionConfig fields (e.g. {"key_blocks_per_step": 2}) replacing the
-    entry's. Only benchmarks and tests pass it, through `make_plan`, to try a variant before the table adopts
-    it; frontends never do, so what users run is the table alone.
+    attention_override: a mapping of AttentionConfig fields (e.g. {"key_blocks_per_step": 2} or
+    {"kernel": "gluon_sm90"}) making the one candidate: the entry's candidate of that kernel variant ("triton"
+    unless named) serving pv_dtype, or the variant's default, with those fields replaced. Only benchmarks and tests pass it,
+    through `make_plan`, to try a variant before the table adopts it; frontends never do, so what users run is
+    the table alone.
     """
     entry = _table_entry(capability, head_dim_pad, dtype)
     if attention_override:
-        entry = replace(entry, attention=replace(entry.attention, **attention_override))
+        kernel = attention_override.get("kernel", "triton")
+        base = next((c for c in entry.attention if c.kernel == kernel and pv_dtype in c.pv_dtypes), None)
+        if base is None:
+            base = VARIANT_DEFAULTS[kernel] if kernel in VARIANT_DEFAULTS else AttentionConfig(4, 1, kernel=kernel)
+        entry = replace(entry, attention=(replace(base, **attention_override),))
     return entry
 
 

@@ -51,7 +51,8 @@ def kernel_params(kernel):
 
 @dataclass(frozen=True)
 class Launch:
-    """kernel[grid](*inputs, *scalars, *outputs, **constexprs) with num_warps / num_stages, bound by name.
+    """kernel[grid](*inputs, *scalars, *outputs, **constexprs) with num_warps / num_stages (and maxnreg, when
+    set), bound by name.
 
     args: every parameter of `kernel` by name -> Ref(array) or a number. writes: the arrays it writes (the
     output pointers). inputs / scalars / outputs / constexprs are derived, in the kernel's parameter order.
@@ -63,10 +64,19 @@ class Launch:
     writes: tuple
     num_warps: int
     num_stages: int
-    inputs: tuple = field(init=False)  # array names
-    scalars: tuple = field(init=False)  # numbers
-    outputs: tuple = field(init=False)  # array names
-    constexprs: dict = field(init=False)
+    maxnreg: int | None = None
+    inputs: tuple = field(init=False, compare=False)  # array names
+    scalars: tuple = field(init=False, compare=False)  # numbers
+    outputs: tuple = field(init=False, compare=False)  # array names
+    constexprs: dict = field(init=False, compare=False)
+
+    @property
+    def options(self) -> dict:
+        """The launch options Triton's launcher takes besides the arguments."""
+        options = dict(num_warps=self.num_warps, num_stages=self.num_stages)
+        if self.maxnreg is not None:
+            options["maxnreg"] = self.maxnreg
+        return options
 
     def __post_init__(self):
         params = kernel_params(self.kernel)

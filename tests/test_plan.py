@@ -110,3 +110,38 @@ def test_core_kernels_import_only_triton_and_the_standard_library():
             else:
                 continue
             assert set(roots) <= allowed, f"{path.relative_to(CORE_KERNELS)} imports {roots}"
+
+
+@pytest.mark.parametrize("capability,head_dim,dtype,pv_dtype,kernel,warps,pairs", [
+    ((9, 0), 128, "float16", "fp16", "attention_sm90_kernel", 4, 2),  # the Gluon kernel where it pays
+    ((9, 0), 128, "bfloat16", "fp16", "attention_sm90_kernel", 4, 2),
+    ((9, 0), 128, "float16", "fp8", "attention_kernel", 8, 2),  # it refuses FP8 P.V: the FP8 entry
+    ((9, 0), 96, "float16", "fp16", "attention_kernel", 4, 1),  # it refuses a padded head dim
+    ((9, 0), 64, "float16", "fp16", "attention_kernel", 4, 2),  # hd64: Triton is faster
+    ((8, 0), 128, "float16", "fp16", "attention_kernel", 8, 1),
+    (None, 128, "float16", "fp16", "attention_kernel", 4, 1),  # the interpreter
+])
+def test_table_picks_the_first_candidate_that_takes_the_call(capability, head_dim, dtype, pv_dtype, kernel, warps,
+                                                             pairs):
+    d = desc((1, 2, 256, head_dim), dtype)
+    (*_, step) = make_plan(d, d, d, capability=capability, pv_dtype=pv_dtype).launches
+    assert (step.kernel.__name__, step.num_warps, step.constexprs["KEY_BLOCKS_PER_STEP"]) == (kernel, warps, pairs)
+    assert (step.maxnreg is not None) == (kernel == "attention_sm90_kernel")
+
+
+def test_an_override_naming_a_kernel_that_refuses_the_call_says_why():
+    d = desc((1, 2, 256, 96))
+    with pytest.raises(ValueError, match=r"gluon_sm90: .*head_dim 64 or 128 only"):
+        make_plan(d, d, d, capability=(9, 0), attention_override={"kernel": "gluon_sm90"})
+    with pytest.raises(ValueError, match=r"needs sm_90"):
+        make_plan(desc((1, 2, 256, 128)), desc((1, 2, 256, 128)), desc((1, 2, 256, 128)), capability=(8, 0),
+                  attention_override={"kernel": "gluon_sm90"})
+
+
+def test_gluon_launch_config_matches_the_kernel_structure():
+    from sparse_sageattn.core_kernels.attention import kernel_sm90
+
+    cfg = configs.VARIANT_DEFAULTS["gluon_sm90"]
+    assert cfg.num_warps == kernel_sm90.NUM_WARPS and cfg.maxnreg == kernel_sm90.MAXNREG
+    warps = kernel_sm90.NUM_WARPS + 4 * (kernel_sm90.CONSUMER_WARPGROUPS - 1) + kernel_sm90.LOADER_WARPS
+    assert cfg.maxnreg * 32 * warps <= 65536  # the register file holds every warp at the cap

@@ -13,11 +13,17 @@ from .. import configs
 from ..contract import (BLOCK_M, BLOCK_N, FLOAT_DTYPES, FP8_MIN_CAPABILITY, LAYOUTS, LOG2E, MASK_DTYPES,
                         MAX_HEAD_DIM, PV_DTYPES, bhnd_shape, cdiv, layout_axes)
 from ..launch import ArrayDesc, Buffer, Launch, Plan, Ref, contiguous_strides, flat, next_pow2
+from . import kernel_sm90
 from .kernel import attention_kernel
 from .prepare import quantize_kernel, sums_and_lists_kernel
 
-# The attention kernel variants a table entry may name (configs.AttentionConfig.kernel).
-ATTENTION_KERNELS = {"triton": attention_kernel}
+# The attention kernel variants a table entry may name (configs.AttentionConfig.kernel): each kernel, and what
+# says why it refuses a call, (capability, head_dim, head_dim_pad, pv_dtype) -> reasons. The plain Triton
+# kernel takes every call.
+ATTENTION_KERNELS = {
+    "triton": (attention_kernel, lambda capability, head_dim, head_dim_pad, pv_dtype: []),
+    "gluon_sm90": (kernel_sm90.attention_sm90_kernel, kernel_sm90.refusals),
+}
 OUTPUTS = ("out", "lse")
 # In-tile offsets are int32 (block bases are int64): a tile of BLOCK_M rows must stay below 2**31 elements.
 MAX_ROW_STRIDE = (2**31 - 1) // BLOCK_M
@@ -58,6 +64,18 @@ def _mask_strides(mask: ArrayDesc, target: tuple):
     shape = (1,) * pad + tuple(mask.shape)
     strides = (0,) * pad + tuple(mask.strides)
     return shape, tuple(0 if n == 1 else st for n, st in zip(shape, strides))
+
+
+def choose_attention(candidates, capability, head_dim, head_dim_pad, pv_dtype):
+    """The first table candidate that serves pv_dtype and whose kernel states no reason to refuse the call."""
+    reasons = []
+    for cfg in candidates:
+        why = [] if pv_dtype in cfg.pv_dtypes else [f"serves pv_dtype {cfg.pv_dtypes}"]
+        why += ATTENTION_KERNELS[cfg.kernel][1](capability, head_dim, head_dim_pad, pv_dtype)
+        if not why:
+            return cfg
+        reasons.append(f"{cfg.kernel}: " + ", ".join(why))
+    raise ValueError("sparse_sageattn: no attention kernel takes this call (" + "; ".join(reasons) + ")")
 
 
 def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tensor_layout, sm_scale,
@@ -158,7 +176,8 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(head_dim)
     head_dim_pad = max(32, next_pow2(head_dim))  # int8 tl.dot needs K >= 32
-    cfg = configs.lookup(capability, head_dim_pad, q.dtype, attention_override)
+    cfg = configs.lookup(capability, head_dim_pad, q.dtype, pv_dtype, attention_override)
+    attention_cfg = choose_attention(cfg.attention, capability, head_dim, head_dim_pad, pv_dtype)
     n_qb, n_kb = cdiv(n_q, BLOCK_M), cdiv(n_k, BLOCK_N)
 
     out_shape = bhnd_shape(batch, heads_q, n_q, head_dim, tensor_layout)
@@ -168,9 +187,14 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         buffers = {"out": Buffer(out_shape, q.dtype, 0.0), "lse": Buffer(lse_shape, "float32", -math.inf)}
         return Plan(buffers, (), OUTPUTS)
 
+    # bf16 V in the fp16 P.V mode: converted to fp16 once, in the quantize launch; attention reads that copy
+    v_to_fp16 = q.dtype == "bfloat16" and not pv_fp8
+    v_fp16_shape = (batch * heads_kv, n_kb * BLOCK_N, head_dim)
+    v_fp16_strides = (heads_kv * v_fp16_shape[1] * head_dim, v_fp16_shape[1] * head_dim, head_dim)
     out_strides = bhn_strides(ArrayDesc(out_shape, contiguous_strides(out_shape), q.dtype), tensor_layout)
-    stride_align, (q_strides, k_strides, v_strides, out_strides) = aligned_strides(
-        bhn_strides(q, tensor_layout), bhn_strides(k, tensor_layout), bhn_strides(v, tensor_layout), out_strides)
+    stride_align, (q_strides, k_strides, v_strides, v_fp16_strides, out_strides) = aligned_strides(
+        bhn_strides(q, tensor_layout), bhn_strides(k, tensor_layout), bhn_strides(v, tensor_layout),
+        v_fp16_strides, out_strides)
 
     def strides(prefix, values):
         return {f"stride_{prefix}{axis}": s for axis, s in zip("bhn", values)}
@@ -203,6 +227,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         "k_scale": Buffer(flat(batch * heads_kv, n_kb), "float32"),
         "v_fp8": Buffer(flat(batch * heads_kv, n_kb * BLOCK_N, head_dim) if pv_fp8 else (1,), "uint8"),
         "v_scale": Buffer(flat(batch * heads_kv, head_dim_pad) if pv_fp8 else (1,), "float32"),
+        "v_fp16": Buffer(flat(*v_fp16_shape) if v_to_fp16 else (1,), "float16"),
         "out": Buffer(out_shape, q.dtype),
         "lse": Buffer(lse_shape, "float32"),
     }
@@ -222,7 +247,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
 
     k_programs, q_programs = batch * heads_kv * n_kb, batch * heads_q * n_qb
     quantize = Launch(
-        "quantize", quantize_kernel, (k_programs + q_programs + (k_programs if pv_fp8 else 0),),
+        "quantize", quantize_kernel, (k_programs + q_programs + (k_programs if pv_fp8 or v_to_fp16 else 0),),
         dict(q_ptr=Ref("q"), k_ptr=Ref("k"), v_ptr=Ref("v"), partial_sums_ptr=Ref("k_channel_sums"),
              partial_amax_ptr=Ref("v_channel_amax"),
              q_pre_scale=float(sm_scale) * LOG2E, n_q=n_q, n_k=n_k, heads_q=heads_q, heads_kv=heads_kv,
@@ -230,21 +255,23 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
              **strides("q", q_strides), **strides("k", k_strides), **strides("v", v_strides),
              q_int8_ptr=Ref("q_int8"), q_scale_ptr=Ref("q_scale"), q_row_shift_ptr=Ref("q_row_shift"),
              k_int8_ptr=Ref("k_int8"), k_scale_ptr=Ref("k_scale"), v_fp8_ptr=Ref("v_fp8"), v_scale_ptr=Ref("v_scale"),
+             v_fp16_ptr=Ref("v_fp16"),
              **blocks, ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SMOOTH_K=smooth_k, WRITE_ROW_SHIFT=shift_lse,
-             **dims, **fp8),
-        ("q_int8", "q_scale", "q_row_shift", "k_int8", "k_scale", "v_fp8", "v_scale"),
+             **dims, **fp8, V_TO_FP16=v_to_fp16),
+        ("q_int8", "q_scale", "q_row_shift", "k_int8", "k_scale", "v_fp8", "v_scale", "v_fp16"),
         cfg.quantize.num_warps, cfg.quantize.num_stages)
 
     attention = Launch(
-        "attention", ATTENTION_KERNELS[cfg.attention.kernel], (batch * heads_q * n_qb,),
+        "attention", ATTENTION_KERNELS[attention_cfg.kernel][0], (batch * heads_q * n_qb,),
         dict(q_int8_ptr=Ref("q_int8"), q_scale_ptr=Ref("q_scale"), k_int8_ptr=Ref("k_int8"),
-             k_scale_ptr=Ref("k_scale"), v_ptr=Ref("v"), v_fp8_ptr=Ref("v_fp8"), v_scale_ptr=Ref("v_scale"),
+             k_scale_ptr=Ref("k_scale"), v_ptr=Ref("v_fp16" if v_to_fp16 else "v"), v_fp8_ptr=Ref("v_fp8"),
+             v_scale_ptr=Ref("v_scale"),
              counts_ptr=Ref("block_counts"), indices_ptr=Ref("block_indices"), row_shift_ptr=Ref("q_row_shift"),
              n_q=n_q, n_k=n_k, heads_q=heads_q, kv_group=kv_group,
              list_stride_b=list_h if list_b != 1 else 0, list_stride_h=1 if list_h != 1 else 0,
-             **strides("v", v_strides), **strides("o", out_strides),
+             **strides("v", v_fp16_strides if v_to_fp16 else v_strides), **strides("o", out_strides),
              out_ptr=Ref("out"), lse_ptr=Ref("lse"),
              **blocks, IS_CAUSAL=is_causal, RETURN_LSE=return_lse, SHIFT_LSE=shift_lse,
-             KEY_BLOCKS_PER_STEP=cfg.attention.key_blocks_per_step, **dims, **fp8),
-        ("out", "lse"), cfg.attention.num_warps, cfg.attention.num_stages)
+             KEY_BLOCKS_PER_STEP=attention_cfg.key_blocks_per_step, **dims, **fp8),
+        ("out", "lse"), attention_cfg.num_warps, attention_cfg.num_stages, attention_cfg.maxnreg)
     return Plan(buffers, (sums_and_lists, quantize, attention), OUTPUTS)

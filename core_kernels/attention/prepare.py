@@ -6,8 +6,9 @@ Every Triton launch costs tens of microseconds of Python on the host, so work th
                          block lists (block_lists.py), one per (list, query block). Neither reads what the other
                          writes.
   quantize_kernel        programs [0, k_programs): one K block each (mean subtracted); then q_programs: one Q block
-                         each (sm_scale*log2(e) folded in, optional row shift); in the FP8 P.V mode the rest: one V
-                         block each (e4m3 V^T). They read the partials, so this launch comes second.
+                         each (sm_scale*log2(e) folded in, optional row shift); then, in the FP8 P.V mode, one V
+                         block each (e4m3 V^T), or with bf16 V in the fp16 mode one V block each in fp16. They
+                         read the partials, so this launch comes second.
 The grids are 1-D (the CUDA x dimension takes 2**31 - 1 programs). Each half calls its device function with its
 own constexprs and the warps of a launch of its own: the same tiles and layouts, hence bitwise the same results.
 """
@@ -16,7 +17,7 @@ import triton.language as tl
 
 from ..alignment import _aligned
 from .block_lists import _block_list
-from .quantize import _channel_reduce, _quantize_block, _quantize_v_block
+from .quantize import _channel_reduce, _quantize_block, _quantize_v_block, _v_to_fp16_block
 
 
 @triton.jit(do_not_specialize=[
@@ -60,13 +61,14 @@ def quantize_kernel(
     q_ptr, k_ptr, v_ptr, partial_sums_ptr, partial_amax_ptr,
     q_pre_scale, n_q, n_k, heads_q, heads_kv, k_programs, q_programs,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
-    q_int8_ptr, q_scale_ptr, q_row_shift_ptr, k_int8_ptr, k_scale_ptr, v_fp8_ptr, v_scale_ptr,
+    q_int8_ptr, q_scale_ptr, q_row_shift_ptr, k_int8_ptr, k_scale_ptr, v_fp8_ptr, v_scale_ptr, v_fp16_ptr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     ROWS_PER_CHUNK: tl.constexpr, SMOOTH_K: tl.constexpr, WRITE_ROW_SHIFT: tl.constexpr,
     STRIDE_ALIGN: tl.constexpr, PV_FP8: tl.constexpr, FP8_SOFTWARE_ROUNDING: tl.constexpr,
+    V_TO_FP16: tl.constexpr,
 ):
-    """k_programs: B*Hkv*ceil(n_k/BLOCK_N); q_programs: B*Hq*ceil(n_q/BLOCK_M); with PV_FP8 the grid adds
-    k_programs V blocks. Q's mean is its kv head's."""
+    """k_programs: B*Hkv*ceil(n_k/BLOCK_N); q_programs: B*Hq*ceil(n_q/BLOCK_M); with PV_FP8 or V_TO_FP16 the grid
+    adds k_programs V blocks. Q's mean is its kv head's."""
     pid = tl.program_id(0)
     if pid < k_programs:
         stride_b, stride_h, stride_n = _aligned(stride_kb, stride_kh, stride_kn, STRIDE_ALIGN)
@@ -89,3 +91,9 @@ def quantize_kernel(
         _quantize_v_block(v_ptr, partial_amax_ptr, v_pid // n_kb, v_pid % n_kb, n_kb, n_k, heads_kv, stride_b,
                           stride_h, stride_n, v_fp8_ptr, v_scale_ptr, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, ROWS_PER_CHUNK,
                           FP8_SOFTWARE_ROUNDING)
+    elif V_TO_FP16:
+        stride_b, stride_h, stride_n = _aligned(stride_vb, stride_vh, stride_vn, STRIDE_ALIGN)
+        n_kb = tl.cdiv(n_k, BLOCK_N)
+        v_pid = pid - k_programs - q_programs
+        _v_to_fp16_block(v_ptr, v_pid // n_kb, v_pid % n_kb, n_kb, n_k, heads_kv, stride_b, stride_h, stride_n,
+                         v_fp16_ptr, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD)

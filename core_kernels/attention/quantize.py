@@ -9,6 +9,8 @@ Device functions, called by the launches of prepare.py:
                    (sm_scale*log2(e) folded in, optional per-row q.mean for the lse).
   _quantize_v_block  the FP8 P.V mode: one block of BLOCK_N keys of V -> e4m3 V^T (channels x keys), scaled per
                    channel by 448 / max|V[:, channel]| over all keys (SageAttention2's per-channel V scale).
+  _v_to_fp16_block  bf16 V in the fp16 P.V mode: one block of BLOCK_N keys -> fp16 rows, the P.V MMA's operand,
+                   converted once here instead of in every attention program that reads the block.
 Strides reaching them are in elements, already multiplied back by `_aligned`.
 """
 import triton
@@ -145,3 +147,20 @@ def _quantize_v_block(
              mask=d_valid[:, None])
     if blk == 0:
         tl.store(v_scale_ptr + bh.to(tl.int64) * HEAD_DIM_PAD + offs_d, amax / E4M3_MAX)
+
+
+@triton.jit
+def _v_to_fp16_block(
+    v_ptr, bh, blk, n_blocks, n_rows, heads, stride_b, stride_h, stride_n, v_fp16_ptr,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
+):
+    """V[b, h, keys of block] -> fp16 at block blk of [B*H, n_blocks*BLOCK_N, HEAD_DIM] (rounded to nearest
+    even: bf16 -> fp32 is exact, so this is the attention kernel's own bf16 -> fp16 conversion). Keys past n_rows
+    are written as zeros."""
+    x, _, _ = _load_block(v_ptr, bh // heads, bh % heads, blk, n_rows, stride_b, stride_h, stride_n, BLOCK_N,
+                          HEAD_DIM, HEAD_DIM_PAD)
+    offs_r = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    out_ptr = v_fp16_ptr + (bh.to(tl.int64) * n_blocks + blk) * (BLOCK_N * HEAD_DIM)
+    tl.store(out_ptr + offs_r[:, None] * HEAD_DIM + offs_d[None, :], x.to(tl.float16),
+             mask=(offs_d < HEAD_DIM)[None, :])

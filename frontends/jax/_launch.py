@@ -21,6 +21,8 @@ from jax.interpreters import mlir
 
 from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, contiguous_strides
 
+from . import _gluon
+
 CAPABILITY_ENV = "SPARSE_SAGEATTN_COMPUTE_CAPABILITY"
 
 
@@ -70,11 +72,18 @@ def triton_calls(plan, env: dict, capability) -> dict:
     for step in plan.launches:
         out_shape = [jax.ShapeDtypeStruct(plan.buffers[n].shape, jnp.dtype(plan.buffers[n].dtype))
                      for n in step.outputs]
+        extra = {}
+        if hasattr(step.kernel, "is_gluon") and step.kernel.is_gluon():
+            _gluon.install(jax_triton)
+            if step.maxnreg is not None:
+                extra[_gluon.MAXNREG_PARAM] = step.maxnreg
+        elif step.maxnreg is not None:
+            raise ValueError(f"launch {step.name!r}: maxnreg reaches jax-triton only for Gluon kernels")
         outputs = jax_triton.triton_call(
             *(env[n] for n in step.inputs), *step.scalars,
             kernel=step.kernel, out_shape=out_shape, grid=step.grid, name=f"sparse_sageattn_{step.name}",
             num_warps=step.num_warps, num_stages=step.num_stages,
-            compute_capability=capability[0] * 10 + capability[1], **step.constexprs,
+            compute_capability=capability[0] * 10 + capability[1], **step.constexprs, **extra,
         )
         env.update(zip(step.outputs, outputs))
     return env

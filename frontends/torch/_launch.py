@@ -1,9 +1,10 @@
 """The torch executor: turns any op's plan function (core_kernels) into a PyTorch call. No arithmetic here.
 
 `PlanOp(qualname, plan_fn, array_names)` makes, from a function that maps the call's arguments to a `Plan`:
-  - a `torch.library.triton_op` (`torch.ops.<qualname>`): what `torch.compile(fullgraph=True)` traces into
-    (through `wrap_triton`) and what `torch.library.opcheck` checks;
-  - an eager call with a small host cost. The plan and its validation are cached per (shapes, strides, dtypes,
+  - a `torch.library.custom_op` (`torch.ops.<qualname>`) with a fake implementation that allocates the plan's
+    outputs: what `torch.compile(fullgraph=True)` puts in its graph (opaque: Inductor re-emits the kernels it
+    traces under `@triton.jit`, which a Gluon kernel is not) and what `torch.library.opcheck` checks;
+  - an eager call with a small host cost, which the custom op runs too. The plan and its validation are cached per (shapes, strides, dtypes,
     devices, options, pointer alignment); scratch buffers come from one workspace allocation; each launch's
     compiled kernel is called directly through its launcher with the arguments prepared once, instead of through
     `JITFunction.run`, which binds and specializes ~25 arguments per launch on every call. CUDA graphs capture it
@@ -16,9 +17,9 @@ every scalar (none is specialized, see core_kernels/alignment.py) and constexpr.
 """
 import functools
 import inspect
+import operator
 
 import torch
-from torch.library import triton_op, wrap_triton
 from triton import knobs
 
 from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc
@@ -56,12 +57,10 @@ def allocate(plan, arrays: dict, device) -> dict:
     return env
 
 
-def launch(step, env: dict, traced: bool = False):
-    """One launch of a plan through Triton's own launcher (wrap_triton'd when traced); returns the compiled
-    kernel (None in the interpreter)."""
-    kernel = wrap_triton(step.kernel) if traced else step.kernel
-    return kernel[step.grid](*_positional(step, env), num_warps=step.num_warps, num_stages=step.num_stages,
-                             **step.constexprs)
+def launch(step, env: dict):
+    """One launch of a plan through Triton's own launcher; returns the compiled kernel (None in the
+    interpreter)."""
+    return step.kernel[step.grid](*_positional(step, env), **step.options, **step.constexprs)
 
 
 def _positional(step, env):
@@ -69,87 +68,93 @@ def _positional(step, env):
     return [*(env[n] for n in step.inputs), *step.scalars, *(env[n] for n in step.outputs)]
 
 
-def run(plan, arrays: dict, device, traced: bool = False) -> dict:
+def run(plan, arrays: dict, device) -> dict:
     """Allocate the plan's buffers and make its launches in order; returns `arrays` with the buffers."""
     env = allocate(plan, arrays, device)
     for step in plan.launches:
-        launch(step, env, traced)
+        launch(step, env)
     return env
 
 
 class _CompiledPlan:
     """One cached eager call: the plan's workspace layout and, per launch, its compiled kernel and arguments.
 
-    Pointer arguments are slots of a per-call table: the caller's arrays, then the workspace buffers (base +
-    offset), then the outputs.
+    Per call, one list holds every argument value of every launch: the caller's array pointers, the workspace
+    buffers' (base + offset), the returned outputs' pointers, then the constants (scalars, constexprs) of all
+    launches; each launch picks its arguments from it with an itemgetter built once. Outputs the op does not
+    return (n_returned) are workspace buffers too.
     """
 
-    def __init__(self, plan, array_names, device):
+    def __init__(self, plan, array_names, device, n_returned):
         self.plan = plan
         self.device = device
-        self.outputs = [(name, plan.buffers[name]) for name in plan.outputs]
+        self.device_index = device.index
+        self.returned = [(name, plan.buffers[name]) for name in plan.outputs[:n_returned]]
         offsets, size = {}, 0
         for name, buf in plan.buffers.items():
-            if name in plan.outputs:
+            if name in plan.outputs[:n_returned]:
                 continue
             if buf.fill is not None:
                 raise ValueError(f"scratch buffer {name!r} asks for a fill; the workspace is left uninitialised")
             offsets[name] = size
             size += -(-max(_numel(buf.shape) * DTYPES[buf.dtype].itemsize, 1) // WORKSPACE_ALIGN) * WORKSPACE_ALIGN
         self.workspace_bytes = size
-        self.offsets = offsets
-        self.slot_of = {name: i for i, name in enumerate((*array_names, *offsets, *plan.outputs))}
-        self.n_arrays = len(array_names)
-        self.kernels = None  # per launch: (CompiledKernel, grid, args with pointer slots, [(position, slot)])
+        self.offsets = tuple(offsets.items())
+        self.slot_of = {name: i for i, name in enumerate((*array_names, *offsets, *(n for n, _ in self.returned)))}
+        self.constants = []
+        self.kernels = None  # per launch: (launcher, grid x, y, z, function, packed metadata, argument getter)
 
     def first_call(self, arrays: dict):
         """Launch through Triton's launcher (which compiles), keeping each launch's compiled kernel."""
-        outputs, workspace, env = self._allocate(arrays)
-        kernels = []
+        outputs, env = self._allocate(arrays)
+        kernels, n_slots = [], len(self.slot_of)
         for step in self.plan.launches:
             compiled = launch(step, env)
-            args = [*_positional(step, env), *step.constexprs.values()]
-            slots = [(i, self.slot_of[name]) for i, name in enumerate((*step.inputs, *(None,) * len(step.scalars),
-                                                                       *step.outputs)) if name is not None]
+
+            def constants(values):
+                self.constants.extend(values)
+                return range(n_slots + len(self.constants) - len(values), n_slots + len(self.constants))
+
+            indices = [*(self.slot_of[n] for n in step.inputs), *constants(step.scalars),
+                       *(self.slot_of[n] for n in step.outputs), *constants(list(step.constexprs.values()))]
             grid = tuple(step.grid) + (1,) * (3 - len(step.grid))
-            kernels.append((compiled, grid, args, slots))
+            kernels.append((compiled.run, *grid, compiled.function, compiled.packed_metadata,
+                            operator.itemgetter(*indices)))
         self.kernels = kernels
         return outputs
 
     def _allocate(self, arrays):
+        """The first call's buffers as tensors (views of the workspace), for Triton's launcher."""
         workspace = torch.empty(self.workspace_bytes, dtype=torch.uint8, device=self.device)
-        outputs = [torch.empty(buf.shape, dtype=DTYPES[buf.dtype], device=self.device) if buf.fill is None else
-                   torch.full(buf.shape, buf.fill, dtype=DTYPES[buf.dtype], device=self.device)
-                   for _, buf in self.outputs]
+        outputs = [torch.empty(buf.shape, dtype=DTYPES[buf.dtype], device=self.device) for _, buf in self.returned]
         env = dict(arrays)
-        for name, offset in self.offsets.items():
+        for name, offset in self.offsets:
             buf = self.plan.buffers[name]
             view = workspace[offset:offset + _numel(buf.shape) * DTYPES[buf.dtype].itemsize]
-            env[name] = view.view(DTYPES[buf.dtype])
-        env.update(zip(self.plan.outputs, outputs))
-        return outputs, workspace, env
+            env[name] = view.view(DTYPES[buf.dtype]).view(buf.shape)
+        env.update(zip((n for n, _ in self.returned), outputs))
+        return outputs, env
 
-    def __call__(self, arrays: list):
+    def __call__(self, arrays):
         """arrays: the caller's tensors (None for an absent optional one), in the op's array order."""
-        outputs = [torch.empty(buf.shape, dtype=DTYPES[buf.dtype], device=self.device) for _, buf in self.outputs]
-        workspace = torch.empty(self.workspace_bytes, dtype=torch.uint8, device=self.device)
-        base = workspace.data_ptr()
-        table = [0 if t is None else t.data_ptr() for t in arrays]
-        table += [base + offset for offset in self.offsets.values()]
-        table += [t.data_ptr() for t in outputs]
-        if torch.cuda.current_device() != self.device.index:
-            with torch.cuda.device(self.device):
-                return self._launch(table, outputs)
-        return self._launch(table, outputs)
-
-    def _launch(self, table, outputs):
-        stream = torch._C._cuda_getCurrentRawStream(self.device.index)
-        for compiled, (g0, g1, g2), args, slots in self.kernels:
-            args = list(args)
-            for position, slot in slots:
-                args[position] = table[slot]
-            compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *args)
+        device = self.device
+        outputs = [torch.empty(buf.shape, dtype=DTYPES[buf.dtype], device=device) for _, buf in self.returned]
+        base = torch.empty(self.workspace_bytes, dtype=torch.uint8, device=device).data_ptr()
+        values = [0 if t is None else t.data_ptr() for t in arrays]
+        values += [base + offset for _, offset in self.offsets]
+        values += [t.data_ptr() for t in outputs]
+        values += self.constants
+        if torch._C._cuda_getDevice() != self.device_index:
+            with torch.cuda.device(device):
+                self._launch(values)
+        else:
+            self._launch(values)
         return outputs
+
+    def _launch(self, values):
+        stream = torch._C._cuda_getCurrentRawStream(self.device_index)
+        for run_kernel, g0, g1, g2, function, metadata, arguments in self.kernels:
+            run_kernel(g0, g1, g2, stream, function, metadata, None, None, None, *arguments(values))
 
 
 def _numel(shape):
@@ -160,7 +165,8 @@ def _numel(shape):
 
 
 def _array_key(t):
-    return None if t is None else (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
+    # get_device(): the CUDA index, -1 on the CPU (whose calls are never cached)
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16 == 0)
 
 
 class PlanOp:
@@ -169,55 +175,71 @@ class PlanOp:
     of its plan's outputs give the custom op's schema.
 
     `op(*args)` runs it: through the custom op while torch.compile traces, else eagerly (see the module doc).
-    It returns the plan's outputs as a tuple. `op.custom_op` is the registered op (one output: a tensor).
+    It returns the first `n_returned(*args)` of the plan's outputs (default: all) as a tuple; the eager call
+    keeps the others in its workspace. `op.custom_op` is the registered op (all outputs; one: a tensor).
     """
 
-    def __init__(self, qualname, plan_fn, array_names, n_outputs):
+    def __init__(self, qualname, plan_fn, array_names, n_outputs, n_returned=None):
         self.plan_fn = plan_fn
         self.array_names = tuple(array_names)
+        self.n_outputs = n_outputs
+        self.n_returned = n_returned or (lambda *args: n_outputs)
         self._cache = {}
 
-        def traced(*args):
+        def implementation(*args):
+            outputs = self.eager(n_outputs, *args)
+            return outputs if n_outputs > 1 else outputs[0]
+
+        def fake(*args):
             plan = plan_fn(*args)
-            env = run(plan, dict(zip(self.array_names, args)), args[0].device, traced=not INTERPRETED)
-            outputs = tuple(env[name] for name in plan.outputs)
+            outputs = tuple(torch.empty(plan.buffers[n].shape, dtype=DTYPES[plan.buffers[n].dtype],
+                                        device=args[0].device) for n in plan.outputs)
             return outputs if n_outputs > 1 else outputs[0]
 
         returns = tuple[(torch.Tensor,) * n_outputs] if n_outputs > 1 else torch.Tensor
-        traced.__signature__ = inspect.signature(plan_fn).replace(return_annotation=returns)
-        traced.__name__ = plan_fn.__name__
-        self.n_outputs = n_outputs
-        self.custom_op = triton_op(qualname, traced, mutates_args=())
+        implementation.__signature__ = inspect.signature(plan_fn).replace(return_annotation=returns)
+        implementation.__name__ = plan_fn.__name__
+        self.custom_op = torch.library.custom_op(qualname, implementation, mutates_args=())
+        self.custom_op.register_fake(fake)
 
     def __call__(self, *args):
+        n_returned = self.n_returned(*args)
         if torch.compiler.is_compiling():
             outputs = self.custom_op(*args)
-            return outputs if self.n_outputs > 1 else (outputs,)
+            return outputs[:n_returned] if self.n_outputs > 1 else (outputs,)
+        return self.eager(n_returned, *args)
+
+    def eager(self, n_returned, *args):
+        """The first n_returned outputs for real tensors: the cached direct launches, or the first call of a key."""
         n = len(self.array_names)
         arrays = args[:n]
         options = args[n:]
-        key = (*map(_array_key, arrays), *options, *map(type, options))  # True == 1, but only True validated
+        # options' types too: True == 1, but only True was validated
+        key = (n_returned, *map(_array_key, arrays), *options, *map(type, options))
         compiled = self._cache.get(key)
-        if compiled is not None and compiled.kernels is not None and _plain_launch():
-            return tuple(compiled(arrays))
-        return self._eager_miss(key, args)
+        if compiled is not None and _plain_launch():
+            return compiled(arrays)
+        return self._eager_miss(key, n_returned, args)
 
-    def _eager_miss(self, key, args):
+    def _eager_miss(self, key, n_returned, args):
         plan = self.plan_fn(*args)  # validates: errors are raised here, before any launch
         arrays = dict(zip(self.array_names, args))
         device = args[0].device
-        if device.type != "cuda" or INTERPRETED or not plan.launches:
+        if device.type != "cuda" or INTERPRETED or not plan.launches or not _plain_launch():
+            # the interpreter, an empty problem, or a launch hook (a profiler) that Triton's launcher must call
             env = run(plan, arrays, device)
-            return tuple(env[name] for name in plan.outputs)
-        if not _plain_launch():  # a launch hook (a profiler) is set: Triton's launcher calls it
-            env = run(plan, arrays, device)
-            return tuple(env[name] for name in plan.outputs)
+            return [env[name] for name in plan.outputs[:n_returned]]
         if len(self._cache) >= MAX_CACHED_CALLS:
             self._cache.clear()
-        compiled = self._cache[key] = _CompiledPlan(plan, self.array_names, device)
+        compiled = _CompiledPlan(plan, self.array_names, device, n_returned)
         with torch.cuda.device(device):
-            return tuple(compiled.first_call(arrays))
+            outputs = compiled.first_call(arrays)
+        self._cache[key] = compiled
+        return outputs
 
 
 def _plain_launch():
-    return knobs.runtime.launch_enter_hook is None and knobs.runtime.launch_exit_hook is None
+    """No launch hook is set: Triton's hooks are HookChains (empty by default) or, set by hand, functions."""
+    enter, exit_ = knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook
+    return ((enter is None or (type(enter) is knobs.HookChain and not enter.calls))
+            and (exit_ is None or (type(exit_) is knobs.HookChain and not exit_.calls)))

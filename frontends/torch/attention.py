@@ -35,7 +35,12 @@ def _plan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_id: torch.Tens
     return plan
 
 
-_forward = PlanOp("sparse_sageattn::forward", _plan, ("q", "k", "v", "mask_id"), len(attention.OUTPUTS))
+def _n_returned(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype):
+    return 2 if return_lse else 1  # without return_lse the lse is a one-element slot nobody reads
+
+
+_forward = PlanOp("sparse_sageattn::forward", _plan, ("q", "k", "v", "mask_id"), len(attention.OUTPUTS),
+                  _n_returned)
 
 
 def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", *, sm_scale=None, smooth_k=True,
@@ -61,8 +66,9 @@ def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND",
       out with q's dtype and layout, or (out, lse). Rows that see no key are zeros with lse -inf.
       Inputs are never modified.
     """
-    check_tensors("sparse_sageattn", {"q": q, "k": k, "v": v} if mask_id is None else
-                  {"q": q, "k": k, "v": v, "mask_id": mask_id})
+    if not (isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+            and (mask_id is None or isinstance(mask_id, torch.Tensor))):
+        check_tensors("sparse_sageattn", {"q": q, "k": k, "v": v, **({} if mask_id is None else {"mask_id": mask_id})})
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         raise NotImplementedError(
             "sparse_sageattn: the backward pass is not available yet; q, k and v must not require grad "
@@ -70,5 +76,5 @@ def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND",
         )
     if sm_scale is not None and not isinstance(sm_scale, bool) and isinstance(sm_scale, (int, float)):
         sm_scale = float(sm_scale)
-    out, lse = _forward(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype)
-    return (out, lse) if return_lse else out
+    outputs = _forward(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype)
+    return tuple(outputs) if return_lse else outputs[0]

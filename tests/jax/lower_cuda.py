@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, contiguous_strides, predict
-from sparse_sageattn.jax import predict_mask, sparse_sageattn
+from sparse_sageattn.jax import _gluon, predict_mask, sparse_sageattn
 from sparse_sageattn.jax._launch import compute_capability
 from sparse_sageattn.jax.attention import _Options, _attention
 
@@ -63,11 +63,19 @@ def lower(case):
         return sparse_sageattn(*arrays, is_causal=is_causal, tensor_layout=layout, smooth_k=smooth_k,
                                return_lse=return_lse, pv_dtype=pv_dtype)
 
+    _gluon.COMPILED.clear()
     text = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
     options = _Options(is_causal, layout, None, smooth_k, return_lse, pv_dtype)
     plan = _attention.plan(args, options, compute_capability())
+    attention = plan.launches[-1]
+    # what the Gluon adapter launched: the compiled warp count, the register cap, the PTX's instructions
+    gluon = [dict(warps=warps, maxnreg=maxnreg, reqntid=re.findall(r"\.reqntid (\d+)", ptx),
+                  setmaxnreg=sorted(set(re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx))),
+                  wgmma=sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.\w+\.(\w+\.\w+\.\w+)", ptx))))
+             for warps, maxnreg, ptx in _gluon.COMPILED.values()]
     return {"ops": sorted(set(re.findall(r"stablehlo\.[a-z_]+", text))),
-            "triton_calls": text.count("@triton_kernel_call("), "launches": len(plan.launches)}
+            "triton_calls": text.count("@triton_kernel_call("), "launches": len(plan.launches),
+            "attention_kernel": attention.kernel.__name__, "attention_maxnreg": attention.maxnreg, "gluon": gluon}
 
 
 def lower_predict(case):

@@ -55,3 +55,19 @@ def test_every_kernel_variant_lowers_for_cuda(lowered, capability):
                                     "stablehlo.return"}, case
         # Attention: K sums + block lists, Q and K quantization, attention. predict_mask: pool Q, pool K, select.
         assert case["triton_calls"] == case["launches"] == 3, case
+
+
+def test_gluon_kernel_lowers_through_the_adapter_with_its_launched_warps(lowered):
+    """sm_90 hd128 fp16-P.V calls take the Gluon kernel (the table); jax-triton must compile it as Gluon and launch
+    all its warps (12: two consumer warpgroups and a loader, 4 asked for) under the 168-register cap."""
+    _, _, cases, output = lowered["90"]
+    gluon_cases = [c for c in cases if c.get("attention_kernel") == "attention_sm90_kernel"]
+    assert len(gluon_cases) >= 2, output
+    for case in gluon_cases:
+        assert case["attention_maxnreg"] == 168 and len(case["gluon"]) == 1, case
+        (compiled,) = case["gluon"]
+        assert compiled["warps"] == 12 and compiled["maxnreg"] == 168 and compiled["reqntid"] == ["384"], case
+        assert {"40", "232"} <= set(compiled["setmaxnreg"]), case
+        assert compiled["wgmma"] == sorted({"s32.s8.s8", "f32.f16.f16"}), case
+    _, _, cases_80, _ = lowered["80"]
+    assert not any(c.get("attention_kernel") == "attention_sm90_kernel" for c in cases_80)

@@ -77,12 +77,17 @@ def test_a_launch_hook_sees_every_launch():
     q, k, v, mask = make_inputs(CASES[0], 0)
     expected = sparse_sageattn(q, k, v)
     seen = []
-    knobs.runtime.launch_enter_hook = lambda metadata: seen.append(metadata.get()["name"])
+
+    def hook(metadata):
+        seen.append(metadata.get()["name"])
+
+    knobs.runtime.launch_enter_hook.add(hook)
     try:
         out = sparse_sageattn(q, k, v)
     finally:
-        knobs.runtime.launch_enter_hook = None
-    assert seen == ["sums_and_lists_kernel", "quantize_kernel", "attention_kernel"]
+        knobs.runtime.launch_enter_hook.remove(hook)
+    plan = attention.make_plan(*map(_launch.describe, (q, k, v)), capability=_launch.capability(q.device))
+    assert seen == [step.kernel.__name__ for step in plan.launches]
     assert torch.equal(out, expected)
 
 

@@ -1,0 +1,364 @@
+"""Warp-specialized Gluon variant of kernel.py's `attention_kernel` for Hopper (sm_90): same contract, same
+parameters (names, order, constexprs), same grid (one program per (batch*head, query block), last query blocks
+first), same numerics (INT8 Q.K^T with int32 accumulation scaled by q_scale * k_scale in the log2 domain, exp2
+online softmax, fp16 P.V with fp32 accumulation; rows that see nothing -> zeros and lse = -inf).
+
+Structure (FA3's shape, fed by pointers only: no host TMA descriptors, so the JAX launch can feed it too):
+  - loader partition (LOADER_WARPS warps): walks the program's block list itself (entries [0, live), one or two
+    64-key blocks per step, KEY_BLOCKS_PER_STEP) and fills a ring of RING_STAGES shared-memory slots, each one K
+    tile (int8) and one V tile (fp16), NVMMA-swizzled for wgmma. K always, and fp16 V with 16-byte-aligned rows
+    (STRIDE_ALIGN == 8), go by cp.async (zero-filled past the keys); bf16 V, or V rows of unknown alignment, are
+    loaded into registers, converted to fp16 and stored (fp16 is what the P.V MMA takes; cp.async cannot copy
+    less than 4 bytes). mbarriers: `ready[s]` (the slot is filled: one cp.async arrive per loader thread, plus
+    one plain arrive after the register path's stores and proxy fence), `empty[s]` (every consumer is done).
+  - CONSUMER_WARPGROUPS consumer warpgroups (the default partition and, with 2, one 4-warp worker), each on
+    BLOCK_M / CONSUMER_WARPGROUPS query rows: s8 wgmma Q.K^T (Q in shared memory, K viewed K-major), the scale
+    and mask (unmasked list entries [0, full), then the masked ones with the key-tail and bottom-right causal
+    element mask), exp2 online softmax, fp16 wgmma P.V with P in registers, then its own epilogue (out, lse).
+    The block indices and K scales a step needs are read one step ahead (their latency off the critical path).
+Registers: every partition asks for its own budget with setmaxnreg (worker_num_regs); the kernel must be launched
+with num_warps=NUM_WARPS and maxnreg=MAXNREG, or every partition keeps the compiler's maximum and the warpgroups
+do not fit together (three 128-thread warpgroups: 504 registers a thread in all, 168 each at launch).
+
+Supported: PV_FP8=False, HEAD_DIM == HEAD_DIM_PAD in (64, 128), KEY_BLOCKS_PER_STEP 1 or 2, fp16 and bf16 V and
+out, IS_CAUSAL, RETURN_LSE / SHIFT_LSE, any block list (masks), GQA, STRIDE_ALIGN 1 or 8.
+Refused at compile time (gl.static_assert, so a plan can never bind them silently): PV_FP8 (its e4m3 P.V needs
+V^T K-major and the per-channel rescale: not written here), a padded head dim (HEAD_DIM != HEAD_DIM_PAD: the
+int8 and fp16 wgmma tiles here are the head dim itself), head dims other than 64/128 (256 does not fit the
+registers of a 64-row warpgroup's fp32 accumulator plus scores), block sizes other than the contract's (128, 64),
+a launch with num_warps != NUM_WARPS. FP8_SOFTWARE_ROUNDING only matters with PV_FP8 and is ignored.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_wait,
+)
+
+from .. import contract
+from ..alignment import _aligned  # a @triton.jit helper: Gluon calls it like its own
+
+# ---- launch configuration (the lead copies these into configs.py)
+NUM_WARPS = 4  # the default partition: one consumer warpgroup
+CONSUMER_WARPGROUPS = 2  # 64 query rows each; 1 (one warpgroup on 128 rows) spills ~0.5 KB at hd128, 2 blocks/step
+LOADER_WARPS = 4  # a 1-warp loader is padded to a warpgroup anyway; 4 warps give the bf16 path registers
+RING_STAGES = 3  # hd128, two key blocks a step: 3 * (16 KB K + 32 KB V) + 16 KB Q = 160 KB of shared memory
+LOADER_REGS = 40
+CONSUMER_REGS = 232  # the worker consumer; the default partition gets the rest: 504 - 232 - 40 = 232
+MAXNREG = 168 if CONSUMER_WARPGROUPS == 2 else 240  # 65536 registers / (32 * all warps), a multiple of 8
+V_CHUNK_ROWS = 16  # register path: rows of V per load/convert/store (8 registers a loader thread; 32 spill)
+
+LN2 = gl.constexpr(contract.LN2)
+_N_CONSUMERS = gl.constexpr(CONSUMER_WARPGROUPS)
+_LOADER_WARPS = gl.constexpr(LOADER_WARPS)
+_STAGES = gl.constexpr(RING_STAGES)
+_LOADER_REGS = gl.constexpr(LOADER_REGS)
+_CONSUMER_REGS = gl.constexpr(CONSUMER_REGS)
+_V_CHUNK = gl.constexpr(V_CHUNK_ROWS)
+_NUM_WARPS = gl.constexpr(NUM_WARPS)
+
+
+
+def refusals(capability, head_dim: int, head_dim_pad: int, pv_dtype: str) -> list:
+    """Why this kernel cannot take a call (empty: it can); the plan falls back to the next table candidate."""
+    reasons = []
+    if capability is None or capability[0] != 9:
+        reasons.append("needs sm_90 (wgmma, setmaxnreg)")
+    if pv_dtype != "fp16":
+        reasons.append("P.V in fp16 only (the FP8 mode's e4m3 V^T is not written here)")
+    if head_dim != head_dim_pad or head_dim not in (64, 128):
+        reasons.append(f"head_dim 64 or 128 only (its MMA tiles are the head dim), got {head_dim}")
+    return reasons
+
+@gluon.jit
+def _step_blocks(indices_row_ptr, k_scale_head_ptr, step, n_live, n_kb, BLOCK_N: gl.constexpr, KB: gl.constexpr):
+    """Block indices and K scales of one step's list entries. A second entry past the list reads as block n_kb
+    with scale 0: the key mask hides it (as in kernel.py's pairs)."""
+    entry = step * KB
+    kb_a = gl.load(indices_row_ptr + entry, mask=entry < n_live, other=0)
+    scale_a = gl.load(k_scale_head_ptr + kb_a)
+    if KB == 2:
+        kb_b = gl.load(indices_row_ptr + entry + 1, mask=entry + 1 < n_live, other=n_kb)
+        scale_b = gl.load(k_scale_head_ptr + kb_b, mask=kb_b < n_kb, other=0.0)
+    else:
+        kb_b = kb_a
+        scale_b = scale_a
+    return kb_a, kb_b, scale_a, scale_b
+
+
+@gluon.jit
+def _consume_step(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, step, q_scale, kb_a, kb_b, scale_a, scale_b,
+                  q_rows, n_q, n_k, BLOCK_N: gl.constexpr, BN: gl.constexpr, KB: gl.constexpr,
+                  HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, MASKED: gl.constexpr):
+    """One online-softmax step over the ring slot of `step` (kernel.py's _attend_tile, same op order)."""
+    nw: gl.constexpr = gl.num_warps()
+    s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1], instr_shape=[16, BN, 32])
+    o_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1],
+                                                  instr_shape=[16, HEAD_DIM, 16])
+    p_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2)
+    slot = step % STAGES
+    mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
+    fence_async_shared()  # the loader's cp.async / st.shared writes (generic proxy) before wgmma reads (async)
+    k_smem = k_bufs.index(slot)
+    v_smem = v_bufs.index(slot)
+    zero = gl.zeros([q_rows.shape[0], BN], gl.int32, layout=s_l)
+    qk = warpgroup_mma(q_smem, k_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
+    qk, k_smem = warpgroup_mma_wait(num_outstanding=0, deps=(qk, k_smem))
+    cols = gl.arange(0, BN, layout=gl.SliceLayout(0, s_l))
+    if KB == 1:
+        s = qk.to(gl.float32) * (q_scale * scale_a)
+    else:
+        score_scale = gl.where(cols < BLOCK_N, q_scale * scale_a, q_scale * scale_b)
+        s = qk.to(gl.float32) * score_scale[None, :]
+    if MASKED:
+        if KB == 1:
+            k_rows = kb_a * BLOCK_N + cols
+        else:
+            k_rows = gl.where(cols < BLOCK_N, kb_a, kb_b) * BLOCK_N + cols % BLOCK_N
+        visible = (k_rows < n_k)[None, :]
+        if IS_CAUSAL:
+            visible = visible & (k_rows[None, :] <= q_rows[:, None] + (n_k - n_q))
+        s = gl.where(visible, s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, axis=1))
+    if MASKED:
+        m_new_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # nothing visible yet: no -inf - -inf
+    else:
+        m_new_safe = m_new
+    alpha = gl.exp2(m_i - m_new_safe)
+    p = gl.exp2(s - m_new_safe[:, None])
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_l))[:, None]
+    p16 = gl.convert_layout(p.to(gl.float16), p_l)
+    acc = warpgroup_mma(p16, v_smem, acc, is_async=True)
+    acc, v_smem, p16 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, v_smem, p16))
+    mbarrier.arrive(empty.index(slot))  # one arrive per warpgroup, after its MMAs have read the slot
+    return acc, m_new, l_i
+
+
+@gluon.jit
+def _consumer(q_smem, k_bufs, v_bufs, ready, empty, indices_row_ptr, k_scale_head_ptr, q_scale, n_live, n_full,
+              q_row0, n_q, n_k, n_kb, out_rows_ptr, stride_on, lse_row_ptr, shift_row_ptr,
+              BLOCK_N: gl.constexpr, BM_WG: gl.constexpr, KB: gl.constexpr, HEAD_DIM: gl.constexpr,
+              STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, RETURN_LSE: gl.constexpr, SHIFT_LSE: gl.constexpr,
+              STRIDE_ALIGN: gl.constexpr):
+    """One consumer warpgroup on query rows [q_row0, q_row0 + BM_WG): all steps, then its own epilogue."""
+    nw: gl.constexpr = gl.num_warps()
+    BN: gl.constexpr = KB * BLOCK_N
+    s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1], instr_shape=[16, BN, 32])
+    o_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1],
+                                                  instr_shape=[16, HEAD_DIM, 16])
+    row_l: gl.constexpr = gl.SliceLayout(1, s_l)
+    q_rows = q_row0 + gl.arange(0, BM_WG, layout=row_l)
+    acc = gl.zeros([BM_WG, HEAD_DIM], gl.float32, layout=o_l)
+    m_i = gl.full([BM_WG], float("-inf"), gl.float32, layout=row_l)
+    l_i = gl.zeros([BM_WG], gl.float32, layout=row_l)
+    n_steps = (n_live + (KB - 1)) // KB
+    n_unmasked = n_full // KB  # an odd last full block joins the masked steps (its mask is all-visible)
+    kb_a, kb_b, scale_a, scale_b = _step_blocks(indices_row_ptr, k_scale_head_ptr, 0, n_live, n_kb, BLOCK_N, KB)
+    for step in range(0, n_unmasked):
+        next_a, next_b, next_sa, next_sb = _step_blocks(indices_row_ptr, k_scale_head_ptr, step + 1, n_live, n_kb,
+                                                        BLOCK_N, KB)
+        acc, m_i, l_i = _consume_step(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, step, q_scale, kb_a,
+                                      kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N, BN, KB, HEAD_DIM, STAGES,
+                                      IS_CAUSAL, False)
+        kb_a, kb_b, scale_a, scale_b = next_a, next_b, next_sa, next_sb
+    for step in range(n_unmasked, n_steps):
+        next_a, next_b, next_sa, next_sb = _step_blocks(indices_row_ptr, k_scale_head_ptr, step + 1, n_live, n_kb,
+                                                        BLOCK_N, KB)
+        acc, m_i, l_i = _consume_step(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, step, q_scale, kb_a,
+                                      kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N, BN, KB, HEAD_DIM, STAGES,
+                                      IS_CAUSAL, True)
+        kb_a, kb_b, scale_a, scale_b = next_a, next_b, next_sa, next_sb
+
+    seen_nothing = l_i == 0.0
+    l_safe = gl.where(seen_nothing, 1.0, l_i)
+    out = acc / gl.convert_layout(l_safe, gl.SliceLayout(1, o_l))[:, None]  # acc is 0 where l is: zeros
+    stride_on = stride_on * STRIDE_ALIGN  # multiplied here, where the compiler sees the multiple (16-byte rows)
+    om = gl.arange(0, BM_WG, layout=gl.SliceLayout(1, o_l))
+    od = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_l))
+    out_valid = (q_row0 + om < n_q)[:, None] & (od < HEAD_DIM)[None, :]
+    gl.store(out_rows_ptr + om[:, None] * stride_on + od[None, :], out.to(out_rows_ptr.dtype.element_ty),
+             mask=out_valid)
+    if RETURN_LSE:
+        lse2 = m_i + gl.log2(l_safe)
+        if SHIFT_LSE:
+            lse2 += gl.load(shift_row_ptr + q_rows)
+        lse = gl.where(seen_nothing, float("-inf"), lse2 * LN2)
+        gl.store(lse_row_ptr + q_rows, lse, mask=q_rows < n_q)
+
+
+@gluon.jit
+def _load_v_rows(v_smem, v_head_ptr, kb, row0, n_k, stride_vn,
+                 BLOCK_N: gl.constexpr, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, ASYNC: gl.constexpr):
+    """Rows [row0, row0 + ROWS) of key block kb of V into v_smem (ROWS x HEAD_DIM, fp16), zero past n_k."""
+    nw: gl.constexpr = gl.num_warps()
+    TPC: gl.constexpr = HEAD_DIM // 8  # threads along a row: 16-byte vectors of 8 fp16/bf16
+    v_l: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TPC, TPC], [nw, 1], [1, 0])
+    r = gl.arange(0, ROWS, layout=gl.SliceLayout(1, v_l))
+    c = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, v_l))
+    keys = kb * BLOCK_N + row0 + r
+    ptrs = (v_head_ptr + (kb * BLOCK_N + row0).to(gl.int64) * stride_vn + r[:, None] * stride_vn + c[None, :])
+    valid = (keys < n_k)[:, None] & (c < HEAD_DIM)[None, :]
+    if ASYNC:
+        async_copy.async_copy_global_to_shared(v_smem, ptrs, mask=valid)
+    else:
+        v_smem.store(gl.load(ptrs, mask=valid, other=0.0).to(gl.float16))
+
+
+@gluon.jit
+def _loader(k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_k, n_kb, k_head_ptr, v_head_ptr, stride_vn,
+            BLOCK_N: gl.constexpr, KB: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+            V_ASYNC: gl.constexpr, V_CHUNK: gl.constexpr, STRIDE_ALIGN: gl.constexpr):
+    """Fill ring slot step % STAGES with the K and V tiles of each step's list entries, in list order."""
+    nw: gl.constexpr = gl.num_warps()
+    TPC: gl.constexpr = HEAD_DIM // 16  # threads along a K row: 16-byte vectors of int8
+    k_l: gl.constexpr = gl.BlockedLayout([1, 16], [32 // TPC, TPC], [nw, 1], [1, 0])
+    kr = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, k_l))
+    kc = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, k_l))
+    k_offs = kr[:, None] * HEAD_DIM + kc[None, :]
+    stride_vn = stride_vn * STRIDE_ALIGN
+    n_steps = (n_live + (KB - 1)) // KB
+    # Indices are read one step ahead: the copies' addresses then do not wait on a load issued in the same step.
+    # A second entry past the list reads as block n_kb: its copies are masked off (zeros).
+    kb_a_next = gl.load(indices_row_ptr, mask=0 < n_live, other=0)
+    kb_b_next = gl.load(indices_row_ptr + 1, mask=1 < n_live, other=n_kb)
+    for step in range(0, n_steps):
+        slot = step % STAGES
+        entry = step * KB
+        kb_a = kb_a_next
+        kb_b = kb_b_next
+        kb_a_next = gl.load(indices_row_ptr + entry + KB, mask=entry + KB < n_live, other=0)
+        if KB == 2:
+            kb_b_next = gl.load(indices_row_ptr + entry + KB + 1, mask=entry + KB + 1 < n_live, other=n_kb)
+        mbarrier.wait(empty.index(slot), ((step // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1 at once
+        k_smem = k_bufs.index(slot)
+        v_smem = v_bufs.index(slot)
+        if KB == 1:
+            async_copy.async_copy_global_to_shared(k_smem, k_head_ptr + kb_a * (BLOCK_N * HEAD_DIM) + k_offs)
+        else:
+            async_copy.async_copy_global_to_shared(k_smem.slice(0, BLOCK_N),
+                                                   k_head_ptr + kb_a * (BLOCK_N * HEAD_DIM) + k_offs)
+            k_b_valid = (kb_b * BLOCK_N + kr < n_kb * BLOCK_N)[:, None] & (kc < HEAD_DIM)[None, :]
+            async_copy.async_copy_global_to_shared(k_smem.slice(BLOCK_N, BLOCK_N),
+                                                   k_head_ptr + kb_b * (BLOCK_N * HEAD_DIM) + k_offs,
+                                                   mask=k_b_valid)
+        if V_ASYNC:
+            _load_v_rows(v_smem.slice(0, BLOCK_N), v_head_ptr, kb_a, 0, n_k, stride_vn, BLOCK_N, BLOCK_N, HEAD_DIM,
+                         True)
+            if KB == 2:
+                _load_v_rows(v_smem.slice(BLOCK_N, BLOCK_N), v_head_ptr, kb_b, 0, n_k, stride_vn, BLOCK_N, BLOCK_N,
+                             HEAD_DIM, True)
+            async_copy.mbarrier_arrive(ready.index(slot), increment_count=False)
+        else:
+            async_copy.mbarrier_arrive(ready.index(slot), increment_count=False)  # K's copies
+            for chunk in gl.static_range(BLOCK_N // V_CHUNK):
+                _load_v_rows(v_smem.slice(chunk * V_CHUNK, V_CHUNK), v_head_ptr, kb_a, chunk * V_CHUNK, n_k,
+                             stride_vn, BLOCK_N, V_CHUNK, HEAD_DIM, False)
+            if KB == 2:
+                for chunk in gl.static_range(BLOCK_N // V_CHUNK):
+                    _load_v_rows(v_smem.slice(BLOCK_N + chunk * V_CHUNK, V_CHUNK), v_head_ptr, kb_b,
+                                 chunk * V_CHUNK, n_k, stride_vn, BLOCK_N, V_CHUNK, HEAD_DIM, False)
+            fence_async_shared()  # these st.shared before the consumers' wgmma reads (async proxy)
+            mbarrier.arrive(ready.index(slot))  # after a barrier of this partition: every thread's stores
+
+
+@gluon.jit(do_not_specialize=[
+    "n_q", "n_k", "heads_q", "kv_group", "list_stride_b", "list_stride_h",
+    "stride_vb", "stride_vh", "stride_vn", "stride_ob", "stride_oh", "stride_on",
+])
+def attention_sm90_kernel(
+    q_int8_ptr, q_scale_ptr, k_int8_ptr, k_scale_ptr, v_ptr, v_fp8_ptr, v_scale_ptr, counts_ptr, indices_ptr,
+    row_shift_ptr,
+    n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    out_ptr, lse_ptr,
+    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HEAD_DIM_PAD: gl.constexpr,
+    IS_CAUSAL: gl.constexpr, RETURN_LSE: gl.constexpr, SHIFT_LSE: gl.constexpr, STRIDE_ALIGN: gl.constexpr,
+    KEY_BLOCKS_PER_STEP: gl.constexpr, PV_FP8: gl.constexpr, FP8_SOFTWARE_ROUNDING: gl.constexpr,
+):
+    """attention_kernel's contract (kernel.py). v_fp8_ptr / v_scale_ptr are never read (PV_FP8 is refused)."""
+    gl.static_assert(not PV_FP8, "attention_sm90_kernel: PV_FP8 is not supported (use the triton variant)")
+    gl.static_assert(HEAD_DIM == HEAD_DIM_PAD, "attention_sm90_kernel: HEAD_DIM must equal HEAD_DIM_PAD")
+    gl.static_assert((HEAD_DIM == 64) or (HEAD_DIM == 128), "attention_sm90_kernel: HEAD_DIM must be 64 or 128")
+    gl.static_assert((BLOCK_M == 128) and (BLOCK_N == 64), "attention_sm90_kernel: blocks must be (128, 64)")
+    gl.static_assert((KEY_BLOCKS_PER_STEP == 1) or (KEY_BLOCKS_PER_STEP == 2),
+                     "attention_sm90_kernel: KEY_BLOCKS_PER_STEP must be 1 or 2")
+    gl.static_assert(gl.num_warps() == _NUM_WARPS, "attention_sm90_kernel: launch with num_warps=4")
+    gl.static_assert((STRIDE_ALIGN == 1) or (STRIDE_ALIGN == 8), "attention_sm90_kernel: STRIDE_ALIGN is 1 or 8")
+    KB: gl.constexpr = KEY_BLOCKS_PER_STEP
+    BN: gl.constexpr = KB * BLOCK_N
+    BM_WG: gl.constexpr = BLOCK_M // _N_CONSUMERS
+    # cp.async moves 16 bytes a thread: fp16 V rows must start on 16 bytes (STRIDE_ALIGN 8); else the register path
+    V_ASYNC: gl.constexpr = (v_ptr.dtype.element_ty == gl.float16) and (STRIDE_ALIGN == 8)
+
+    stride_vb, stride_vh, _ = _aligned(stride_vb, stride_vh, stride_vn, STRIDE_ALIGN)
+    stride_ob, stride_oh, stride_on_el = _aligned(stride_ob, stride_oh, stride_on, STRIDE_ALIGN)
+    n_qb = (n_q + (BLOCK_M - 1)) // BLOCK_M
+    n_kb = (n_k + (BLOCK_N - 1)) // BLOCK_N
+    pid = gl.program_id(0)
+    bh = pid // n_qb
+    qb = n_qb - 1 - pid % n_qb  # last query blocks first: under causal they carry the most work
+    b = bh // heads_q
+    h = bh % heads_q
+    kv_bh = b * (heads_q // kv_group) + h // kv_group
+
+    list_row = (b * list_stride_b + h * list_stride_h).to(gl.int64) * n_qb + qb
+    n_live = gl.load(counts_ptr + list_row * 2)
+    n_full = gl.load(counts_ptr + list_row * 2 + 1)
+    indices_row_ptr = indices_ptr + list_row * n_kb
+
+    q_block = bh.to(gl.int64) * n_qb + qb
+    q_scale = gl.load(q_scale_ptr + q_block)
+    k_head_ptr = k_int8_ptr + kv_bh.to(gl.int64) * n_kb * (BLOCK_N * HEAD_DIM)
+    k_scale_head_ptr = k_scale_ptr + kv_bh.to(gl.int64) * n_kb
+    v_head_ptr = v_ptr + b.to(gl.int64) * stride_vb + (h // kv_group).to(gl.int64) * stride_vh
+    out_tile_ptr = out_ptr + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh \
+        + (qb * BLOCK_M).to(gl.int64) * stride_on_el
+    lse_row_ptr = lse_ptr + bh.to(gl.int64) * n_q
+    shift_row_ptr = row_shift_ptr + bh.to(gl.int64) * n_qb * BLOCK_M
+
+    # Q of the block, one NVMMA tile per consumer warpgroup (loaded once here, by the launch's warps)
+    TPC: gl.constexpr = HEAD_DIM // 16
+    q_l: gl.constexpr = gl.BlockedLayout([1, 16], [32 // TPC, TPC], [gl.num_warps(), 1], [1, 0])
+    q_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BM_WG, HEAD_DIM], gl.int8)
+    qm = gl.arange(0, BM_WG, layout=gl.SliceLayout(1, q_l))
+    qd = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, q_l))
+    q_tile_ptr = q_int8_ptr + q_block * (BLOCK_M * HEAD_DIM) + qm[:, None] * HEAD_DIM + qd[None, :]
+    q0_smem = gl.allocate_shared_memory(gl.int8, [BM_WG, HEAD_DIM], q_sl, gl.load(q_tile_ptr))
+
+    k_bufs = gl.allocate_shared_memory(gl.int8, [_STAGES, BN, HEAD_DIM],
+                                       gl.NVMMASharedLayout.get_default_for([BN, HEAD_DIM], gl.int8))
+    v_bufs = gl.allocate_shared_memory(gl.float16, [_STAGES, BN, HEAD_DIM],
+                                       gl.NVMMASharedLayout.get_default_for([BN, HEAD_DIM], gl.float16))
+    ready = gl.allocate_shared_memory(gl.int64, [_STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [_STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(_STAGES):
+        # every loader thread's cp.async arrive, plus one plain arrive when V went through registers
+        mbarrier.init(ready.index(s), count=32 * _LOADER_WARPS + (0 if V_ASYNC else 1))
+        mbarrier.init(empty.index(s), count=_N_CONSUMERS)
+
+    if _N_CONSUMERS == 2:
+        q1_smem = gl.allocate_shared_memory(gl.int8, [BM_WG, HEAD_DIM], q_sl,
+                                            gl.load(q_tile_ptr + BM_WG * HEAD_DIM))
+        fence_async_shared()  # Q's st.shared and the barrier inits before any async-proxy use
+        gl.warp_specialize([
+            (_consumer, (q0_smem, k_bufs, v_bufs, ready, empty, indices_row_ptr, k_scale_head_ptr, q_scale, n_live,
+                         n_full, qb * BLOCK_M, n_q, n_k, n_kb, out_tile_ptr, stride_on, lse_row_ptr, shift_row_ptr,
+                         BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, IS_CAUSAL, RETURN_LSE, SHIFT_LSE, STRIDE_ALIGN)),
+            (_consumer, (q1_smem, k_bufs, v_bufs, ready, empty, indices_row_ptr, k_scale_head_ptr, q_scale, n_live,
+                         n_full, qb * BLOCK_M + BM_WG, n_q, n_k, n_kb, out_tile_ptr + BM_WG * stride_on_el,
+                         stride_on, lse_row_ptr, shift_row_ptr, BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, IS_CAUSAL,
+                         RETURN_LSE, SHIFT_LSE, STRIDE_ALIGN)),
+            (_loader, (k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_k, n_kb, k_head_ptr, v_head_ptr,
+                       stride_vn, BLOCK_N, KB, HEAD_DIM, _STAGES, V_ASYNC, _V_CHUNK, STRIDE_ALIGN)),
+        ], [4, _LOADER_WARPS], [_CONSUMER_REGS, _LOADER_REGS])
+    else:
+        fence_async_shared()
+        gl.warp_specialize([
+            (_consumer, (q0_smem, k_bufs, v_bufs, ready, empty, indices_row_ptr, k_scale_head_ptr, q_scale, n_live,
+                         n_full, qb * BLOCK_M, n_q, n_k, n_kb, out_tile_ptr, stride_on, lse_row_ptr, shift_row_ptr,
+                         BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, IS_CAUSAL, RETURN_LSE, SHIFT_LSE, STRIDE_ALIGN)),
+            (_loader, (k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_k, n_kb, k_head_ptr, v_head_ptr,
+                       stride_vn, BLOCK_N, KB, HEAD_DIM, _STAGES, V_ASYNC, _V_CHUNK, STRIDE_ALIGN)),
+        ], [_LOADER_WARPS], [_LOADER_REGS])
