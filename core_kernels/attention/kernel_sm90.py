@@ -87,23 +87,33 @@ def _step_blocks(indices_row_ptr, k_scale_head_ptr, step, n_live, n_kb, BLOCK_N:
 
 
 @gluon.jit
-def _consume_step(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, step, q_scale, kb_a, kb_b, scale_a, scale_b,
-                  q_rows, n_q, n_k, BLOCK_N: gl.constexpr, BN: gl.constexpr, KB: gl.constexpr,
-                  HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, MASKED: gl.constexpr):
-    """One online-softmax step over the ring slot of `step` (kernel.py's _attend_tile, same op order)."""
+def _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, step, q_scale, kb_a, kb_b, scale_a,
+                  scale_b, q_rows, n_q, n_k, BLOCK_N: gl.constexpr, BN: gl.constexpr, KB: gl.constexpr,
+                  HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, MASKED: gl.constexpr,
+                  FIRST: gl.constexpr):
+    """Q.K^T and the softmax of `step`, overlapped with the P.V of the step before (p_prev, in the previous ring
+    slot): the scores' wgmma is issued first, then the previous P.V, and waiting for one outstanding group
+    returns the scores while P.V still runs. The arithmetic is kernel.py's _attend_tile's, in its order: the
+    previous P.V lands in acc before acc is rescaled by this step's alpha. FIRST: step 0, with no P.V before it.
+    Returns this step's fp16 P, whose P.V the next step (or the caller, after the last) issues."""
     nw: gl.constexpr = gl.num_warps()
     s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1], instr_shape=[16, BN, 32])
     o_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1],
                                                   instr_shape=[16, HEAD_DIM, 16])
     p_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2)
     slot = step % STAGES
+    prev_slot = (step + STAGES - 1) % STAGES
     mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
     fence_async_shared()  # the loader's cp.async / st.shared writes (generic proxy) before wgmma reads (async)
     k_smem = k_bufs.index(slot)
-    v_smem = v_bufs.index(slot)
+    v_prev = v_bufs.index(prev_slot)
     zero = gl.zeros([q_rows.shape[0], BN], gl.int32, layout=s_l)
     qk = warpgroup_mma(q_smem, k_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
-    qk, k_smem = warpgroup_mma_wait(num_outstanding=0, deps=(qk, k_smem))
+    if FIRST:
+        qk, k_smem = warpgroup_mma_wait(num_outstanding=0, deps=(qk, k_smem))
+    else:
+        acc = warpgroup_mma(p_prev, v_prev, acc, is_async=True)
+        qk, k_smem = warpgroup_mma_wait(num_outstanding=1, deps=(qk, k_smem))
     cols = gl.arange(0, BN, layout=gl.SliceLayout(0, s_l))
     if KB == 1:
         s = qk.to(gl.float32) * (q_scale * scale_a)
@@ -127,12 +137,12 @@ def _consume_step(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, step, q_s
     alpha = gl.exp2(m_i - m_new_safe)
     p = gl.exp2(s - m_new_safe[:, None])
     l_i = l_i * alpha + gl.sum(p, axis=1)
-    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_l))[:, None]
     p16 = gl.convert_layout(p.to(gl.float16), p_l)
-    acc = warpgroup_mma(p16, v_smem, acc, is_async=True)
-    acc, v_smem, p16 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, v_smem, p16))
-    mbarrier.arrive(empty.index(slot))  # one arrive per warpgroup, after its MMAs have read the slot
-    return acc, m_new, l_i
+    if not FIRST:
+        acc, v_prev, p_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, v_prev, p_prev))
+        mbarrier.arrive(empty.index(prev_slot))  # one arrive per warpgroup, after its MMAs have read the slot
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_l))[:, None]
+    return acc, m_new, l_i, p16
 
 
 @gluon.jit
@@ -152,23 +162,43 @@ def _consumer(q_smem, k_bufs, v_bufs, ready, empty, indices_row_ptr, k_scale_hea
     acc = gl.zeros([BM_WG, HEAD_DIM], gl.float32, layout=o_l)
     m_i = gl.full([BM_WG], float("-inf"), gl.float32, layout=row_l)
     l_i = gl.zeros([BM_WG], gl.float32, layout=row_l)
+    p_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2)
+    p_prev = gl.zeros([BM_WG, BN], gl.float16, layout=p_l)
     n_steps = (n_live + (KB - 1)) // KB
     n_unmasked = n_full // KB  # an odd last full block joins the masked steps (its mask is all-visible)
     kb_a, kb_b, scale_a, scale_b = _step_blocks(indices_row_ptr, k_scale_head_ptr, 0, n_live, n_kb, BLOCK_N, KB)
-    for step in range(0, n_unmasked):
+    if n_steps > 0:  # step 0 has no P.V before it to overlap; masked when no full step precedes the masked ones
+        next_a, next_b, next_sa, next_sb = _step_blocks(indices_row_ptr, k_scale_head_ptr, 1, n_live, n_kb, BLOCK_N,
+                                                        KB)
+        if n_unmasked > 0:
+            acc, m_i, l_i, p_prev = _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, 0,
+                                                  q_scale, kb_a, kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N,
+                                                  BN, KB, HEAD_DIM, STAGES, IS_CAUSAL, False, True)
+        else:
+            acc, m_i, l_i, p_prev = _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, 0,
+                                                  q_scale, kb_a, kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N,
+                                                  BN, KB, HEAD_DIM, STAGES, IS_CAUSAL, True, True)
+        kb_a, kb_b, scale_a, scale_b = next_a, next_b, next_sa, next_sb
+    for step in range(1, n_unmasked):
         next_a, next_b, next_sa, next_sb = _step_blocks(indices_row_ptr, k_scale_head_ptr, step + 1, n_live, n_kb,
                                                         BLOCK_N, KB)
-        acc, m_i, l_i = _consume_step(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, step, q_scale, kb_a,
-                                      kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N, BN, KB, HEAD_DIM, STAGES,
-                                      IS_CAUSAL, False)
+        acc, m_i, l_i, p_prev = _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, step,
+                                              q_scale, kb_a, kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N, BN,
+                                              KB, HEAD_DIM, STAGES, IS_CAUSAL, False, False)
         kb_a, kb_b, scale_a, scale_b = next_a, next_b, next_sa, next_sb
-    for step in range(n_unmasked, n_steps):
+    for step in range(gl.maximum(n_unmasked, 1), n_steps):
         next_a, next_b, next_sa, next_sb = _step_blocks(indices_row_ptr, k_scale_head_ptr, step + 1, n_live, n_kb,
                                                         BLOCK_N, KB)
-        acc, m_i, l_i = _consume_step(acc, m_i, l_i, q_smem, k_bufs, v_bufs, ready, empty, step, q_scale, kb_a,
-                                      kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N, BN, KB, HEAD_DIM, STAGES,
-                                      IS_CAUSAL, True)
+        acc, m_i, l_i, p_prev = _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, step,
+                                              q_scale, kb_a, kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N, BN,
+                                              KB, HEAD_DIM, STAGES, IS_CAUSAL, True, False)
         kb_a, kb_b, scale_a, scale_b = next_a, next_b, next_sa, next_sb
+    if n_steps > 0:  # the last step's P.V
+        last = (n_steps - 1) % STAGES
+        v_last = v_bufs.index(last)
+        acc = warpgroup_mma(p_prev, v_last, acc, is_async=True)
+        acc, v_last, p_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, v_last, p_prev))
+        mbarrier.arrive(empty.index(last))
 
     seen_nothing = l_i == 0.0
     l_safe = gl.where(seen_nothing, 1.0, l_i)
