@@ -137,7 +137,7 @@ def targets(records):
             p5j.points.append((describe(key), jax / ours, abs(jax / ours - 1) <= 0.05))
     out.append(p5j.judge(lambda v: abs(v - 1)))
 
-    mem = Verdict("Memory", "extra device memory per call <= int8 q, k + scales + block lists",
+    mem = Verdict("Memory", "extra device memory per call <= int8 q, k + scales + block lists (+ fp16 V for bf16)",
                   lambda v: f"{v:.3f}x the bound")
     for key in keys:
         r = records.get(key + (OURS,))

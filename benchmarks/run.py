@@ -55,9 +55,9 @@ OURS_FP8 = "sparse_sageattn_fp8"  # the torch call with pv_dtype="fp8" (P4)
 SDPA_FLASH, SDPA_CUDNN, SAGE = "sdpa_flash", "sdpa_cudnn", "sageattention_1.0.6"
 SYSTEMS = (OURS, OURS_JAX, OURS_FP8, FLEX, SDPA_CUDNN, SDPA_FLASH, SAGE)
 DENSE_ONLY = (OURS_FP8, SDPA_CUDNN, SDPA_FLASH, SAGE)
-# What the memory bound allows one call beyond its output: the int8 copies of q and k, their scales and the
-# block lists (names of the core plan's buffers).
-MEMORY_BOUND_BUFFERS = ("q_int8", "k_int8", "q_scale", "k_scale", "block_counts", "block_indices")
+# What the memory bound allows one call beyond its output: the int8 copies of q and k, their scales, the block
+# lists and, for bf16 inputs, the fp16 copy of V the attention reads (names of the core plan's buffers).
+MEMORY_BOUND_BUFFERS = ("q_int8", "k_int8", "q_scale", "k_scale", "block_counts", "block_indices", "v_fp16")
 ITEMSIZE = {"int8": 1, "uint8": 1, "int32": 4, "float32": 4, "float16": 2, "bfloat16": 2}  # numpy has no bfloat16
 
 # Estimate model. Guesses from ../shared/ENVIRONMENT.md and the brief, ours from the 2026-11-25 H100 run; correct

@@ -14,6 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
+from sparse_sageattn.core_kernels import Launch, Ref
+from sparse_sageattn.torch import _launch
+
 PER_THREAD = 64
 NUM_WARPS = 4
 STEPS = 4096
@@ -47,10 +50,12 @@ def main(argv=None):
     programs = props.multi_processor_count * 8
     x = torch.rand(programs * block, device="cuda")
     out = torch.empty_like(x)
-    times = {}
+    times, env = {}, {"x": x, "out": out}
     for op in OPS:
-        fn = lambda op=op: _chain_kernel[(programs,)](x, out, STEPS=STEPS, BLOCK=block, OP=op, num_warps=NUM_WARPS)
-        times[op] = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+        step = Launch(op, _chain_kernel, (programs,),
+                      dict(x_ptr=Ref("x"), out_ptr=Ref("out"), STEPS=STEPS, BLOCK=block, OP=op), ("out",), NUM_WARPS, 3)
+        times[op] = triton.testing.do_bench(lambda s=step: _launch.launch(s, env), warmup=25, rep=200,
+                                            return_mode="median")
     per_sm = programs * block * STEPS / props.multi_processor_count
     records = []
     for op in OPS:
