@@ -1,4 +1,4 @@
-"""The sharded paths on several GPUs of one host (issue 6): bitwise equality with one GPU, no collective, timing.
+"""The sharded paths on several GPUs of one host: bitwise equality with one GPU, no collective, timing.
 
 On a machine of 2+ GPUs (device kind nvidia-h100-x2 or larger), from the repo root:
 

@@ -1,4 +1,4 @@
-"""Predicted block masks (issue 5): the density predict_mask chooses, the accuracy of attention under it against
+"""Predicted block masks: the density predict_mask chooses, the accuracy of attention under it against
 dense attention, and the speedup at that density.
 
 Inputs with real attention structure, synthetic (not a model): `local_global` of tests/predict_cases.py, the

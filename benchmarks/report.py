@@ -1,4 +1,4 @@
-"""Targets P1-P5 of the speed issue and the README performance table, from results files of benchmarks/run.py.
+"""Targets P1-P5 of the speed work and the README performance table, from results files of benchmarks/run.py.
 
     python benchmarks/report.py benchmarks/results/GPU-DATE.json [more.json ...] [--n 8192] [--readme README.md]
 
@@ -23,7 +23,7 @@ PEERS = (FLEX, SDPA_CUDNN, SDPA_FLASH, SAGE)
 LABELS = {OURS: "sparse_sageattn", OURS_JAX: "JAX", OURS_FP8: "ours FP8 P.V", FLEX: "FlexAttention", SDPA_CUDNN: "SDPA cuDNN",
           SDPA_FLASH: "SDPA flash", SAGE: "SageAttention 1.0.6"}
 SPARSE_DENSITIES = (0.5, 0.25, 0.1)
-# The issue's memory bound is exact bytes; the caching allocator rounds each block up to 512 bytes and the plan
+# The memory bound is exact bytes; the caching allocator rounds each block up to 512 bytes and the plan
 # adds a few small scratch buffers (K's channel sums): 1% of slack keeps that from reading as a miss.
 MEMORY_SLACK = 0.01
 

@@ -1,4 +1,4 @@
-"""The benchmark suite of the speed issue: sparse_sageattn (torch and JAX) against SDPA flash, SDPA cuDNN, compiled
+"""The benchmark suite of the speed targets: sparse_sageattn (torch and JAX) against SDPA flash, SDPA cuDNN, compiled
 FlexAttention with the identical block mask and sageattention 1.0.6, on one GPU, in one process.
 
 On the lent GPU (device tool, carry .whl, timeout_s 600), from the repo root -- one call, about 8 minutes:
@@ -13,7 +13,7 @@ Every configuration (N, head dim, mask density, causal, dtype) records per syste
 (triton.testing.do_bench, warm-up excluded, inputs rotated over N_SETS random sets, end to end: quantization and
 block lists included), dense-equivalent and effective TOPS, peak extra device memory of one call, and cosine /
 relative L1 against the float64 reference (sparse_sageattn.reference) on sampled rows of two heads. For this
-package also a kernel-only breakdown (each launch of the core plan timed alone) and the issue's memory bound.
+package also a kernel-only breakdown (each launch of the core plan timed alone) and the memory bound.
 The results file <out>/<gpu>-<date>[-tag].json is rewritten after every configuration, so a run stopped by its
 time budget or a kill keeps what it measured. Configurations run in order of the targets they serve; one whose
 estimate would pass --budget-s is skipped and listed as such.
@@ -60,7 +60,7 @@ DENSE_ONLY = (OURS_FP8, SDPA_CUDNN, SDPA_FLASH, SAGE)
 MEMORY_BOUND_BUFFERS = ("q_int8", "k_int8", "q_scale", "k_scale", "block_counts", "block_indices", "v_fp16")
 ITEMSIZE = {"int8": 1, "uint8": 1, "int32": 4, "float32": 4, "float16": 2, "bfloat16": 2}  # numpy has no bfloat16
 
-# Estimate model. Guesses from ../shared/ENVIRONMENT.md and the brief, ours from the 2026-11-25 H100 run; correct
+# Estimate model. Guesses from the peers' published numbers, ours from the 2026-11-25 H100 run; correct
 # them from a run's meta.timing.
 RATE_TOPS = {OURS: 400, OURS_JAX: 380, OURS_FP8: 450, FLEX: 400, SDPA_CUDNN: 580, SDPA_FLASH: 340, SAGE: 410}
 STARTUP_S = 25  # imports, CUDA and JAX start
@@ -502,7 +502,7 @@ class Bench:
             full = mask if mask is not None else torch.ones(1, 1, c.n // BLOCK_M, c.n // BLOCK_N, dtype=torch.bool,
                                                             device=self.device)
             block_mask = flex_block_mask(full, c.n, causal)
-            # hd64 needs 64-row tiles to divide the (128, 64) blocks (../shared/ENVIRONMENT.md)
+            # hd64 needs 64-row tiles to divide the (128, 64) blocks (seen on the lent H100)
             options = {"BLOCK_M": 64, "BLOCK_N": 64} if c.head_dim == 64 else None
             return lambda q, k, v: self.flex(q, k, v, block_mask=block_mask, kernel_options=options)
         if name in (SDPA_FLASH, SDPA_CUDNN):

@@ -138,10 +138,14 @@ def _attend_block_pairs(
     return acc, m_i, l_i
 
 
-@triton.jit(do_not_specialize=[
+# The attention kernels' runtime scalars, none specialized (core_kernels/alignment.py); every variant takes them.
+UNSPECIALIZED = [
     "n_q", "n_k", "heads_q", "kv_group", "list_stride_b", "list_stride_h",
     "stride_vb", "stride_vh", "stride_vn", "stride_ob", "stride_oh", "stride_on",
-])
+]
+
+
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def attention_kernel(
     q_int8_ptr, q_scale_ptr, k_int8_ptr, k_scale_ptr, v_ptr, v_fp8_ptr, v_scale_ptr, counts_ptr, indices_ptr,
     row_shift_ptr,

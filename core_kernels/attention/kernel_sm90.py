@@ -7,14 +7,15 @@ Structure (FA3's shape, fed by pointers only: no host TMA descriptors, so the JA
   - loader partition (LOADER_WARPS warps): walks the program's block list itself (entries [0, live), one or two
     64-key blocks per step, KEY_BLOCKS_PER_STEP) and fills a ring of RING_STAGES shared-memory slots, each one K
     tile (int8) and one V tile (fp16), NVMMA-swizzled for wgmma. K always, and fp16 V with 16-byte-aligned rows
-    (STRIDE_ALIGN == 8), go by cp.async (zero-filled past the keys); bf16 V, or V rows of unknown alignment, are
-    loaded into registers, converted to fp16 and stored (fp16 is what the P.V MMA takes; cp.async cannot copy
-    less than 4 bytes). mbarriers: `ready[s]` (the slot is filled: one cp.async arrive per loader thread, plus
+    (STRIDE_ALIGN == 8), go by cp.async (zero-filled past the keys); V rows of unknown alignment, or bf16 V (the
+    plan hands this kernel the fp16 copy it makes, so only a caller binding it by hand does that), are loaded into
+    registers, converted to fp16 and stored (fp16 is what the P.V MMA takes; cp.async needs 16-byte rows here). mbarriers: `ready[s]` (the slot is filled: one cp.async arrive per loader thread, plus
     one plain arrive after the register path's stores and proxy fence), `empty[s]` (every consumer is done).
   - CONSUMER_WARPGROUPS consumer warpgroups (the default partition and, with 2, one 4-warp worker), each on
     BLOCK_M / CONSUMER_WARPGROUPS query rows: s8 wgmma Q.K^T (Q in shared memory, K viewed K-major), the scale
     and mask (unmasked list entries [0, full), then the masked ones with the key-tail and bottom-right causal
     element mask), exp2 online softmax, fp16 wgmma P.V with P in registers, then its own epilogue (out, lse).
+    A step issues its Q.K^T before the previous step's P.V and runs its softmax while that P.V is in flight.
     The block indices and K scales a step needs are read one step ahead (their latency off the critical path).
 Registers: every partition asks for its own budget with setmaxnreg (worker_num_regs); the kernel must be launched
 with num_warps=NUM_WARPS and maxnreg=MAXNREG, or every partition keeps the compiler's maximum and the warpgroups
@@ -37,8 +38,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .. import contract
 from ..alignment import _aligned  # a @triton.jit helper: Gluon calls it like its own
+from .kernel import UNSPECIALIZED
 
-# ---- launch configuration (the lead copies these into configs.py)
+# ---- the kernel's structure; configs.py launches it with NUM_WARPS and MAXNREG (tests/test_plan.py checks they agree)
 NUM_WARPS = 4  # the default partition: one consumer warpgroup
 CONSUMER_WARPGROUPS = 2  # 64 query rows each; 1 (one warpgroup on 128 rows) spills ~0.5 KB at hd128, 2 blocks/step
 LOADER_WARPS = 4  # a 1-warp loader is padded to a warpgroup anyway; 4 warps give the bf16 path registers
@@ -292,10 +294,7 @@ def _loader(k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_k, n_kb, k_
             mbarrier.arrive(ready.index(slot))  # after a barrier of this partition: every thread's stores
 
 
-@gluon.jit(do_not_specialize=[
-    "n_q", "n_k", "heads_q", "kv_group", "list_stride_b", "list_stride_h",
-    "stride_vb", "stride_vh", "stride_vn", "stride_ob", "stride_oh", "stride_on",
-])
+@gluon.jit(do_not_specialize=UNSPECIALIZED)
 def attention_sm90_kernel(
     q_int8_ptr, q_scale_ptr, k_int8_ptr, k_scale_ptr, v_ptr, v_fp8_ptr, v_scale_ptr, counts_ptr, indices_ptr,
     row_shift_ptr,

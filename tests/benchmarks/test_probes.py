@@ -1,4 +1,4 @@
-"""The two compile-only probes behind benchmarks/NOTES.md's session-4 evidence, on CPU (Triton's CUDA backend, no
+"""The two compile-only probes behind benchmarks/NOTES.md's evidence on the attention loop, on CPU (Triton's CUDA backend, no
 GPU): unit_rates.py's chain kernels must compile to the one instruction each is named for, and ws_probe.py must
 see warp specialization where Triton does it (sm_100), so that its "no" for sm_90 means something."""
 import os
