@@ -108,9 +108,9 @@ class PlanOp:
 
     `op(arrays, options)` returns the first `n_returned(options)` of the plan's outputs (default: all) as a
     tuple; call it inside jax.jit with `options` static. default_impl(*arrays, options) is the non-CUDA path,
-    returning those outputs; fold(axis_size, in_batched, *arrays) folds vmapped axes into axis 0 of every
-    returned output (default fold_all); no_grad: the message jax.grad raises, or None when the caller stops
-    gradients itself.
+    returning those outputs; fold(axis_size, in_batched, *arrays) returns the arrays with the vmapped axis
+    merged into their batch axis (default fold_all), and the outputs' batch axis is split back; no_grad: the
+    message jax.grad raises, or None when the caller stops gradients itself.
     """
 
     def __init__(self, name, array_names, plan_fn, default_impl, fold=fold_all, no_grad=None, n_returned=None):

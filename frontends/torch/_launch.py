@@ -1,14 +1,16 @@
 """The torch executor: turns any op's plan function (core_kernels) into a PyTorch call. No arithmetic here.
 
-`PlanOp(qualname, plan_fn, array_names)` makes, from a function that maps the call's arguments to a `Plan`:
+`PlanOp(qualname, plan_fn, array_names, n_outputs)` makes, from a function that maps the call's arguments to a
+`Plan`:
   - a `torch.library.custom_op` (`torch.ops.<qualname>`) with a fake implementation that allocates the plan's
     outputs: what `torch.compile(fullgraph=True)` puts in its graph (opaque: Inductor re-emits the kernels it
     traces under `@triton.jit`, which a Gluon kernel is not) and what `torch.library.opcheck` checks;
-  - an eager call with a small host cost, which the custom op runs too. The plan and its validation are cached per (shapes, strides, dtypes,
-    devices, options, pointer alignment); scratch buffers come from one workspace allocation; each launch's
-    compiled kernel is called directly through its launcher with the arguments prepared once, instead of through
-    `JITFunction.run`, which binds and specializes ~25 arguments per launch on every call. CUDA graphs capture it
-    (launches go to the current stream, allocations to the caching allocator).
+  - an eager call with a small host cost, which the custom op runs too. The plan and its validation are cached
+    per (shapes, strides, dtypes, devices, options, pointer alignment); scratch buffers come from one workspace
+    allocation; each launch's compiled kernel is called directly through its launcher with the arguments
+    prepared once, instead of through `JITFunction.run`, which binds and specializes ~25 arguments per launch on
+    every call. CUDA graphs capture it (launches go to the current stream, allocations to the caching
+    allocator).
 `allocate`, `launch` and `run` are the same launches for benchmarks and tests that time or inspect one step.
 
 The direct launch reuses a kernel compiled for the same argument specialization: Triton specializes a pointer
@@ -139,7 +141,9 @@ class _CompiledPlan:
         """arrays: the caller's tensors (None for an absent optional one), in the op's array order."""
         device = self.device
         outputs = [torch.empty(buf.shape, dtype=DTYPES[buf.dtype], device=device) for _, buf in self.returned]
-        base = torch.empty(self.workspace_bytes, dtype=torch.uint8, device=device).data_ptr()
+        # held until the launches are queued: freed earlier, another thread's allocation could take it first
+        workspace = torch.empty(self.workspace_bytes, dtype=torch.uint8, device=device)
+        base = workspace.data_ptr()
         values = [0 if t is None else t.data_ptr() for t in arrays]
         values += [base + offset for _, offset in self.offsets]
         values += [t.data_ptr() for t in outputs]
