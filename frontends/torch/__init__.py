@@ -1,5 +1,6 @@
-"""PyTorch frontend: validates, allocates and launches the core kernels through a torch.library.triton_op; static
-block-mask builders; a predicted block mask; FlexAttention BlockMask interop."""
+"""PyTorch frontend: validates, allocates and launches the core kernels through its executor (_launch.py: a custom
+op under torch.compile, cached direct launches eagerly); static block-mask builders; a predicted block mask;
+FlexAttention BlockMask interop."""
 from .attention import sparse_sageattn
 from .flex import from_flex_block_mask, to_flex_block_mask
 from .masks import causal_mask, sink_mask, sliding_window_mask, union_mask

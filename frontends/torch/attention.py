@@ -1,9 +1,9 @@
 """`sparse_sageattn` for PyTorch: describe the tensors, get the core plan, hand it to the executor (_launch.py).
 No arithmetic here.
 
-The call is the custom op `sparse_sageattn::forward` (a `torch.library.triton_op`), which
-`torch.compile(fullgraph=True)` traces into; eager calls take the executor's cached direct launches. CUDA graphs
-capture both.
+Under `torch.compile(fullgraph=True)` the call is the custom op `sparse_sageattn::forward` (an opaque
+`torch.library.custom_op` with a fake implementation); eager calls take the executor's cached direct launches.
+CUDA graphs capture both.
 """
 import torch
 

@@ -1,8 +1,8 @@
 """`predict_mask` for PyTorch: a SpargeAttn-style block mask predicted from q and k by the core kernels.
 
-The custom op `sparse_sageattn::predict_mask` (a `torch.library.triton_op`) traces into
-`torch.compile(fullgraph=True)`; eager calls take the executor's cached direct launches; CUDA graphs capture
-both. No host synchronization.
+Under `torch.compile(fullgraph=True)` the call is the custom op `sparse_sageattn::predict_mask` (an opaque
+`torch.library.custom_op` with a fake implementation); eager calls take the executor's cached direct launches;
+CUDA graphs capture both. No host synchronization.
 """
 import torch
 
