@@ -1,9 +1,10 @@
 """Child process of test_attention_sm90_compile.py: compile the Gluon attention kernel (attention/kernel_sm90.py)
 for sm_90 on a machine without a GPU, one variant per case, through the real plan.
 
-Needs a compiling process (TRITON_INTERPRET unset). Per case: make_plan(..., capability=(9, 0)) from ArrayDescs,
-its attention launch re-bound to the Gluon kernel (dataclasses.replace: Launch re-checks every parameter name and
-the input/scalar/output/constexpr order), then triton.compile(GluonASTSource) with the launch's argument types and
+Needs a compiling process (TRITON_INTERPRET unset). Per case: make_plan(..., capability=(9, 0),
+attention_override={"kernel": "gluon_sm90", ...}) from ArrayDescs -- the refused variants instead re-bound to
+the Gluon kernel with dataclasses.replace (Launch re-checks every parameter name and order), so that the kernel's
+own static_asserts are what refuse them --, then triton.compile(GluonASTSource) with the launch's argument types and
 constexprs (ptxas runs too: Triton ships it). Prints one JSON line per case: what the PTX holds (wgmma kinds,
 setmaxnreg values, mbarrier / cp.async counts), registers, spills, shared memory, warps; or the error. Also one
 line per refused variant (PV_FP8, padded head dim): the error it must raise.
@@ -21,7 +22,6 @@ from triton.experimental.gluon._runtime import GluonASTSource
 
 from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, contiguous_strides
 from sparse_sageattn.core_kernels.attention import make_plan
-from sparse_sageattn.core_kernels.attention import kernel_sm90
 from sparse_sageattn.core_kernels.attention.kernel_sm90 import attention_sm90_kernel
 
 POINTER_TYPES = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32", "int8": "*i8", "uint8": "*u8",

@@ -13,7 +13,7 @@ from sparse_sageattn.core_kernels import ArrayDesc
 from sparse_sageattn.core_kernels.attention import make_plan
 from sparse_sageattn.reference import assert_close, attention
 
-from qkv_cases import PAIRS, make_qkv, random_mask, run_plan as run
+from qkv_cases import make_qkv, random_mask, run_plan as run
 
 
 def check(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND"):

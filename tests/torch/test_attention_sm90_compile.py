@@ -2,8 +2,8 @@
 machine, for every variant it supports, and its PTX holds what it is named for.
 
 Gluon does not run in the interpreter, and this pytest process interprets on a machine without GPU, so the
-compile runs in a child process without TRITON_INTERPRET (compile_sm90.py: the real plan, its attention launch
-re-bound to the Gluon kernel, triton.compile for sm_90 including ptxas). Nothing numeric is checked here: that
+compile runs in a child process without TRITON_INTERPRET (compile_sm90.py: the real plan with the Gluon variant,
+triton.compile for sm_90 including ptxas). Nothing numeric is checked here: that
 needs the GPU (benchmarks/sm90_check.py).
 """
 import json
