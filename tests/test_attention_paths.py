@@ -15,27 +15,25 @@ from sparse_sageattn.reference import assert_close, assert_close_fp8, attention,
 from attention_cases import CASES, inputs
 from qkv_cases import run_plan
 
-ON_GPU = torch.cuda.is_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
 
 PATHS = ["torch", "torch_pairs", "torch_fp8", "jax_cpu", "jax_cuda"]
 INTERPRETER_DTYPES = ("float16",)  # the Triton interpreter has no bfloat16
 
 
-def torch_inputs(case, arrays):
+def torch_inputs(case, arrays, device):
     q, k, v, mask = arrays
     dtype = getattr(torch, case.dtype)
-    tensors = [torch.from_numpy(x).to(DEVICE, dtype) for x in (q, k, v)]
-    return tensors + [None if mask is None else torch.from_numpy(mask).to(DEVICE)]
+    tensors = [torch.from_numpy(x).to(device, dtype) for x in (q, k, v)]
+    return tensors + [None if mask is None else torch.from_numpy(mask).to(device)]
 
 
-def run_path(path, case, arrays):
+def run_path(path, case, arrays, device):
     """(out, lse) of one path as float64 numpy."""
     flags = dict(is_causal=case.is_causal, tensor_layout=case.layout, smooth_k=case.smooth_k, return_lse=True)
     if path.startswith("torch"):
-        if not ON_GPU and case.dtype not in INTERPRETER_DTYPES:
+        if device == "cpu" and case.dtype not in INTERPRETER_DTYPES:
             pytest.skip("the Triton interpreter has no bfloat16")
-        q, k, v, mask = torch_inputs(case, arrays)
+        q, k, v, mask = torch_inputs(case, arrays, device)
         if path == "torch_pairs":
             assert case.smooth_k, "run_plan smooths K"
             out, lse = run_plan(q, k, v, mask, case.is_causal, case.layout)
@@ -47,7 +45,7 @@ def run_path(path, case, arrays):
 
     from sparse_sageattn.jax import sparse_sageattn as jax_attention
 
-    if path == "jax_cuda" and not ON_GPU:
+    if path == "jax_cuda" and device == "cpu":
         pytest.skip("needs a CUDA GPU")
     device = jax.devices("cpu" if path == "jax_cpu" else "gpu")[0]
     q, k, v, mask = arrays
@@ -60,11 +58,11 @@ def run_path(path, case, arrays):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_case_on_path(case, path):
+def test_case_on_path(case, path, device):
     if path == "torch_pairs" and not case.smooth_k:
         pytest.skip("the override runner smooths K")
     arrays = inputs(case)
-    out, lse = run_path(path, case, arrays)
+    out, lse = run_path(path, case, arrays, device)
     assert out.shape == arrays[0].shape
     # the reference sees the inputs as the paths do: rounded to the case's dtype
     q, k, v = (torch.from_numpy(x).to(getattr(torch, case.dtype)).double().numpy() for x in arrays[:3])
