@@ -1,5 +1,7 @@
 """TOPS against sequence length from results files of benchmarks/run.py: one PNG per (dtype, causal), one panel per
-head dim (rows) and mask density (columns), one line per system. CPU only (matplotlib, Agg).
+head dim (rows) and mask density (columns), one line per system. CPU only (matplotlib, Agg). Only the sweep's
+shape and random block masks are plotted (the rows of other shapes and the window + sink rows are report.py's
+tables), so a run gives at most four PNGs.
 
     python benchmarks/plot.py benchmarks/results/GPU-DATE.json [more.json ...] [--out DIR] [--metric NAME]
 
@@ -15,18 +17,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from report import LABELS, load_results  # noqa: E402
+from report import LABELS, SWEEP, load_results  # noqa: E402
 
 STYLES = {"sparse_sageattn": ("C0", "o", "-"), "sparse_sageattn_jax": ("C0", "x", "--"),
           "sparse_sageattn_fp8": ("C5", "P", ":"),
           "flex_attention": ("C1", "s", "-"), "sdpa_cudnn": ("C2", "^", "-"), "sdpa_flash": ("C3", "v", "-"),
-          "sageattention_1.0.6": ("C4", "D", "-")}
+          "sageattention_1.0.6": ("C4", "D", "-"), "sparse_sageattn_jax_nhd": ("C0", "*", "-."),
+          "jax_cudnn": ("C2", "2", "--")}
 
 
 def plot(records, gpu, out_dir, metric="effective_tops"):
     """Writes the PNGs; returns their paths."""
     paths = []
-    good = [r for r in records.values() if metric in r]
+    good = [r for (key, _), r in records.items()
+            if metric in r and key.mask == "random" and (key.batch, key.heads, key.kv_heads) == SWEEP]
     for dtype in sorted({r["dtype"] for r in good}):
         for causal in sorted({r["causal"] for r in good if r["dtype"] == dtype}):
             subset = [r for r in good if r["dtype"] == dtype and r["causal"] == causal]

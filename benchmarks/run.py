@@ -1,5 +1,6 @@
 """The benchmark suite of the speed targets: sparse_sageattn (torch and JAX) against SDPA flash, SDPA cuDNN, compiled
-FlexAttention with the identical block mask and sageattention 1.0.6, on one GPU, in one process.
+FlexAttention with the identical block mask and sageattention 1.0.6, and the JAX call against
+`jax.nn.dot_product_attention(implementation="cudnn")`, on one GPU, in one process.
 
 On the lent GPU (device tool, carry .whl, timeout_s 600), from the repo root -- one call, about 8 minutes:
 
@@ -7,13 +8,17 @@ On the lent GPU (device tool, carry .whl, timeout_s 600), from the repo root -- 
 
 Here, without a GPU: `python benchmarks/run.py --quick --dry-run` lists the configurations and the time estimate
 (`--dry-run` alone: the full grid). Afterwards, on any machine: `python benchmarks/plot.py RESULTS.json` (PNGs)
-and `python benchmarks/report.py RESULTS.json --readme README.md` (targets P1-P5, the README table).
+and `python benchmarks/report.py RESULTS.json --readme README.md` (the targets, the README table).
 
-Every configuration (N, head dim, mask density, causal, dtype) records per system: the median time
+Every configuration (N, head dim, mask, causal, dtype, batch and heads) records per system: the median time
 (triton.testing.do_bench, warm-up excluded, inputs rotated over N_SETS random sets, end to end: quantization and
 block lists included), dense-equivalent and effective TOPS, peak extra device memory of one call, and cosine /
 relative L1 against the float64 reference (sparse_sageattn.reference) on sampled rows of two heads. For this
 package also a kernel-only breakdown (each launch of the core plan timed alone) and the memory bound.
+Masks: random block masks with exactly round(density * Kb) live key blocks in every row (density 1: no mask), or
+the causal sliding window + sink of `sparse_sageattn.torch.union_mask` (its `density` is the share of the dense
+causal work it leaves). The JAX peer runs on NHD inputs (Flax's layout), next to our JAX call on the same NHD
+arrays (`sparse_sageattn_jax_nhd`); a shape it refuses is recorded as `unsupported`, not as an error.
 The results file <out>/<gpu>-<date>[-tag].json is rewritten after every configuration, so a run stopped by its
 time budget or a kill keeps what it measured. Configurations run in order of the targets they serve; one whose
 estimate would pass --budget-s is skipped and listed as such.
@@ -24,6 +29,7 @@ plumbing, its times mean nothing.
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -38,7 +44,7 @@ import numpy as np  # noqa: E402
 
 PROCESS_START = time.monotonic()
 
-BATCH, HEADS = 2, 32
+BATCH, HEADS = 2, 32  # the sweep's shape; the target rows below name their own
 SEQ_LENS = (1024, 2048, 4096, 8192, 16384, 32768)
 HEAD_DIMS = (64, 128)
 DENSITIES = (1.0, 0.5, 0.25, 0.1)
@@ -48,13 +54,21 @@ N_SETS = 2  # random input sets the timed calls rotate over
 REF_ROWS = 64  # accuracy: batch 0, heads 0 and H/2, REF_ROWS sampled query rows plus the first and last
 JAX_GROUP = 4  # calls per timed group (see time_group)
 QUICK_BUDGET_S = 480  # a device command may run 600 s: install, plots and the report need the rest
+WINDOW, SINK = 1024, 4  # the causal sliding window + sink of the B=2 H=32 rows (P2)
+SHORT = dict(batch=8, heads=HEADS, kv_heads=HEADS)  # P6: B=8 N=2048 causal hd128
+LONG_GQA = dict(batch=1, heads=32, kv_heads=8)  # B=1 N=32k, 4 query heads per kv head, bf16
+LONG_N, LONG_WINDOW = 32768, 4096
 
 # Systems in run order. DENSE_ONLY ones run at density 1 only (the peers take no block mask; FP8 is P4's, dense).
 OURS, OURS_JAX, FLEX = "sparse_sageattn", "sparse_sageattn_jax", "flex_attention"
 OURS_FP8 = "sparse_sageattn_fp8"  # the torch call with pv_dtype="fp8" (P4)
 SDPA_FLASH, SDPA_CUDNN, SAGE = "sdpa_flash", "sdpa_cudnn", "sageattention_1.0.6"
-SYSTEMS = (OURS, OURS_JAX, OURS_FP8, FLEX, SDPA_CUDNN, SDPA_FLASH, SAGE)
-DENSE_ONLY = (OURS_FP8, SDPA_CUDNN, SDPA_FLASH, SAGE)
+# The JAX pair: our JAX call and jax.nn.dot_product_attention(implementation="cudnn"), both on the same NHD arrays
+OURS_JAX_NHD, JAX_CUDNN = "sparse_sageattn_jax_nhd", "jax_cudnn"
+SYSTEMS = (OURS, OURS_JAX, OURS_FP8, FLEX, SDPA_CUDNN, SDPA_FLASH, SAGE, OURS_JAX_NHD, JAX_CUDNN)
+JAX_PEER = (OURS_JAX_NHD, JAX_CUDNN)
+DENSE_ONLY = (OURS_FP8, SDPA_CUDNN, SDPA_FLASH, SAGE) + JAX_PEER
+WINDOW_SYSTEMS = (OURS, OURS_JAX, FLEX)  # P2's: the peer that takes the identical mask
 # What the memory bound allows one call beyond its output: the int8 copies of q and k, their scales, the block
 # lists and, for bf16 inputs, the fp16 copy of V the attention reads (names of the core plan's buffers).
 MEMORY_BOUND_BUFFERS = ("q_int8", "k_int8", "q_scale", "k_scale", "block_counts", "block_indices", "v_fp16")
@@ -62,7 +76,8 @@ ITEMSIZE = {"int8": 1, "uint8": 1, "int32": 4, "float32": 4, "float16": 2, "bflo
 
 # Estimate model. Guesses from the peers' published numbers, ours from the 2026-11-25 H100 run; correct
 # them from a run's meta.timing.
-RATE_TOPS = {OURS: 400, OURS_JAX: 380, OURS_FP8: 450, FLEX: 400, SDPA_CUDNN: 580, SDPA_FLASH: 340, SAGE: 410}
+RATE_TOPS = {OURS: 400, OURS_JAX: 380, OURS_FP8: 450, FLEX: 400, SDPA_CUDNN: 580, SDPA_FLASH: 340, SAGE: 410,
+             OURS_JAX_NHD: 380, JAX_CUDNN: 560}
 STARTUP_S = 25  # imports, CUDA and JAX start
 FLEX_FIRST_COMPILE_S = 25  # the first torch.compile in the process (2026-11-25 run.log: ~25 s)
 FLEX_COMPILE_S = 10  # each new (N, head dim, dtype, causal), dynamic=False (that log: 5-14 s)
@@ -73,6 +88,7 @@ ATTENTION_COMPILE_S = 3
 QUANTIZE_COMPILE_S = 3
 BLOCK_LISTS_COMPILE_S = 1
 JAX_TRACE_S = 1.5  # each new shape: a jit trace and an XLA compile (the Triton kernels are cached by signature)
+JAX_CUDNN_COMPILE_S = 3  # each new shape: XLA compile and cuDNN graph build (guess)
 SAGE_COMPILE_S = 4
 REF_S_PER_KEY = 4e-5  # float64 numpy reference, two heads x ~66 rows, per key
 
@@ -81,66 +97,153 @@ REF_S_PER_KEY = 4e-5  # float64 numpy reference, two heads x ~66 rows, per key
 class Config:
     n: int
     head_dim: int
-    density: float
+    density: float  # random mask: live share of every row's key blocks (1: no mask); window: share of causal work
     causal: bool
     dtype: str
     systems: tuple
     breakdown: bool  # time each launch of the plan alone
+    batch: int = BATCH
+    heads: int = HEADS
+    kv_heads: int = HEADS
+    window: int = 0  # > 0: the causal sliding window + sink mask instead of a random one
+    sink: int = 0
+
+    @property
+    def mask(self):
+        return f"window{self.window}+sink{self.sink}" if self.window else "random"
 
     def label(self):
-        return (f"hd{self.head_dim} N={self.n} d={self.density:g} {'causal' if self.causal else 'full'} "
-                f"{'fp16' if self.dtype == 'float16' else 'bf16'}")
+        mask = f"win{self.window}+sink{self.sink} d={self.density:.3f}" if self.window else f"d={self.density:g}"
+        shape = "" if (self.batch, self.heads, self.kv_heads) == (BATCH, HEADS, HEADS) else (
+            f" B={self.batch} H={self.heads}" + (f"/{self.kv_heads}" if self.kv_heads != self.heads else ""))
+        return (f"hd{self.head_dim} N={self.n} {mask} {'causal' if self.causal else 'full'} "
+                f"{'fp16' if self.dtype == 'float16' else 'bf16'}{shape}")
 
     def key(self):
-        return dict(n=self.n, head_dim=self.head_dim, density=self.density, causal=self.causal, dtype=self.dtype)
+        return dict(n=self.n, head_dim=self.head_dim, density=self.density, causal=self.causal, dtype=self.dtype,
+                    mask=self.mask, window=self.window, sink=self.sink, batch=self.batch, heads=self.heads,
+                    kv_heads=self.kv_heads)
 
 
-def _systems(density, causal, flex_causal=True):
-    names = [s for s in SYSTEMS if density == 1.0 or s not in DENSE_ONLY]
+def block_pair_counts(n, causal):
+    """(Qb, Kb) int64 numpy: visible (query, key) pairs inside each 128x64 block (Nq = Nk = n, a multiple of 128)."""
+    n_qb, n_kb = n // BLOCK_M, n // BLOCK_N
+    if not causal:
+        return np.full((n_qb, n_kb), BLOCK_M * BLOCK_N, dtype=np.int64)
+    first_row = np.arange(n_qb, dtype=np.int64)[:, None] * BLOCK_M
+    first_key = np.arange(n_kb, dtype=np.int64)[None, :] * BLOCK_N
+    counts = np.zeros((n_qb, n_kb), dtype=np.int64)
+    for r in range(BLOCK_M):  # query row first_row + r sees keys <= itself
+        counts += np.clip(first_row + r + 1 - first_key, 0, BLOCK_N)
+    return counts
+
+
+@functools.lru_cache(maxsize=None)
+def window_density(n, window, sink):
+    """Visible pairs of the causal window + sink mask over those of dense causal attention."""
+    from sparse_sageattn import masks  # numpy: the one definition behind sparse_sageattn.torch's builders
+
+    live = masks.union_mask(n, n, window=window, sink=sink) & masks.causal_mask(n, n)
+    counts = block_pair_counts(n, True)
+    return round(float((counts * live).sum() / counts.sum()), 4)
+
+
+def window_config(n, head_dim, dtype, systems, breakdown, window=WINDOW, sink=SINK, **shape):
+    """A causal sliding window + sink configuration (its density computed from the mask)."""
+    return Config(n, head_dim, window_density(n, window, sink), True, dtype, tuple(systems), breakdown,
+                  window=window, sink=sink, **shape)
+
+
+def _systems(density, causal, flex_causal=True, jax_peer=False):
+    names = [s for s in SYSTEMS if (density == 1.0 or s not in DENSE_ONLY) and (jax_peer or s not in JAX_PEER)]
     if causal and not flex_causal:
         names.remove(FLEX)
     return tuple(names)
 
 
+def _without(names, *drop):
+    return tuple(s for s in names if s not in drop)
+
+
 def _priority(c: Config):
-    """Lower runs first: what the targets need (P1/P2/P5 at N=8k fp16, P2 at 4k/16k, causal, bf16), then the rest."""
-    if c.dtype == "float16" and c.n == 8192:
-        tier = 0 if not c.causal else 2
-    elif c.dtype == "float16" and c.n in (4096, 16384):
-        tier = 1 if not c.causal else 3
+    """Lower runs first: the N=8k sweep points of P1-P5 (fp16 every density, bf16 dense), the window + sink and
+    B=8 N=2048 rows (P2, P6), the rest of N=8k, N=16k, the N=32k rows, then the other lengths."""
+    sweep = (c.batch, c.heads, c.kv_heads) == (BATCH, HEADS, HEADS)
+    if sweep and c.n == 8192 and not c.window and not c.causal and (c.dtype == "float16" or c.density == 1.0):
+        tier = 0
+    elif (c.window and c.n == 8192) or (c.n == 2048 and c.batch == SHORT["batch"]):
+        tier = 1
     elif c.n == 8192:
+        tier = 2
+    elif c.n == 16384:
+        tier = 3
+    elif c.n == LONG_N:
         tier = 4
     else:
         tier = 5
-    return tier, -c.head_dim, c.n, -c.density
+    return tier, c.dtype != "float16", -c.head_dim, c.window > 0, c.causal, -c.density
+
+
+def target_rows(dense_systems, short_dtypes=DTYPES):
+    """The rows beyond the B=2 H=32 sweep: B=8 N=2048 causal hd128 (P6) and B=1 N=32k GQA bf16, causal dense
+    (P1, the JAX peer) and causal window 4096 + sink (P2). `dense_systems(dtype)`: the systems of a dense row."""
+    rows = [Config(2048, 128, 1.0, True, dtype, dense_systems(dtype), True, **SHORT) for dtype in short_dtypes]
+    rows.append(Config(LONG_N, 128, 1.0, True, "bfloat16", _without(dense_systems("bfloat16"), SAGE, OURS_FP8),
+                       True, **LONG_GQA))
+    rows.append(window_config(LONG_N, 128, "bfloat16", WINDOW_SYSTEMS, True, window=LONG_WINDOW, **LONG_GQA))
+    return rows
 
 
 def full_grid():
-    configs = [Config(n, hd, d, causal, dtype, _systems(d, causal), d == 1.0 or n == 8192)
+    """Every N, head dim, density, causality and dtype with every system (the JAX peer on the bf16 dense rows), the
+    causal window + sink at N 8k-32k, and the target rows."""
+    configs = [Config(n, hd, d, causal, dtype, _systems(d, causal, jax_peer=dtype == "bfloat16"),
+                      d == 1.0 or n == 8192)
                for dtype in DTYPES for n in SEQ_LENS for hd in HEAD_DIMS for causal in (False, True)
                for d in DENSITIES]
+    configs += [window_config(n, hd, dtype, WINDOW_SYSTEMS, n == 8192)
+                for dtype in DTYPES for n in (8192, 16384, 32768) for hd in HEAD_DIMS]
+    configs += target_rows(lambda dtype: _systems(1.0, True, jax_peer=dtype == "bfloat16"))
     return sorted(configs, key=_priority)
 
 
 def quick_grid():
-    """fp16 at N 4k/8k/16k and bf16 at 8k, every head dim, density and causality. FlexAttention compiles per shape
-    (~20-40 s each), so it runs on fp16 only: non-causal at every N (P2), causal at 8k."""
+    """The targets' points in one device call. N=8k: fp16 every head dim, density and causality with FlexAttention
+    (P1-P5); bf16 the same, with the JAX peer on the dense rows and FlexAttention on hd128 non-causal only (each
+    shape costs it a compile); the causal window + sink (fp16 both head dims, bf16 hd128). B=8 N=2048 causal (P6).
+    fp16 N=16k non-causal with FlexAttention, dense causal without. The B=1 N=32k GQA rows. sageattention and
+    SDPA flash serve no target: they run on the fp16 N=8k dense rows only."""
     configs = []
-    for dtype, lengths in (("float16", (4096, 8192, 16384)), ("bfloat16", (8192,))):
-        for n in lengths:
-            for hd in HEAD_DIMS:
-                for causal in (False, True):
-                    for d in DENSITIES:
-                        names = _systems(d, causal, flex_causal=n == 8192)
-                        if dtype != "float16":
-                            names = tuple(s for s in names if s != FLEX)
-                        configs.append(Config(n, hd, d, causal, dtype, names, d == 1.0 or n == 8192))
+    for dtype in DTYPES:
+        for hd in HEAD_DIMS:
+            for causal in (False, True):
+                for d in DENSITIES:
+                    names = _systems(d, causal, jax_peer=dtype == "bfloat16")
+                    if dtype == "bfloat16":
+                        names = _without(names, SAGE, SDPA_FLASH, *(() if hd == 128 and not causal else (FLEX,)))
+                    configs.append(Config(8192, hd, d, causal, dtype, names, True))
+    configs += [window_config(8192, hd, dtype, WINDOW_SYSTEMS, True)
+                for dtype, hd in (("float16", 128), ("float16", 64), ("bfloat16", 128))]
+    for hd in HEAD_DIMS:
+        for causal, densities in ((False, DENSITIES), (True, (1.0,))):
+            configs += [Config(16384, hd, d, causal, "float16",
+                               _without(_systems(d, causal, flex_causal=False), SAGE, SDPA_FLASH), d == 1.0)
+                        for d in densities]
+    configs += target_rows(lambda dtype: (OURS, OURS_JAX, SDPA_CUDNN) + (JAX_PEER if dtype == "bfloat16" else ()))
     return sorted(configs, key=_priority)
 
 
 def smoke_grid():
-    return [Config(256, 64, d, causal, "float16", _systems(d, causal), True)
-            for causal in (False, True) for d in (1.0, 0.5)]
+    """Tiny shapes, every system: random masks; with GQA (2 query heads on 1) the causal window + sink, and the JAX
+    peer at B=2 (on CPU its cuDNN call is recorded as unsupported)."""
+    small = dict(batch=1, heads=2, kv_heads=2)
+    configs = [Config(256, 64, d, causal, "float16", _systems(d, causal), True, **small)
+               for causal in (False, True) for d in (1.0, 0.5)]
+    configs.append(window_config(384, 64, "float16", WINDOW_SYSTEMS, True, window=64, sink=4, batch=1, heads=2,
+                                 kv_heads=1))
+    configs.append(Config(256, 64, 1.0, True, "float16", (OURS_JAX, SDPA_FLASH) + JAX_PEER, False, batch=2, heads=2,
+                          kv_heads=1))
+    return configs
 
 
 def filter_grid(configs, seq_lens=None, head_dims=None, dtypes=None, systems=None):
@@ -157,27 +260,22 @@ def filter_grid(configs, seq_lens=None, head_dims=None, dtypes=None, systems=Non
 
 # ---- work: what a configuration computes ----------------------------------------------------------------------
 
-def dense_equiv_ops(c: Config, batch=BATCH, heads=HEADS):
+def dense_equiv_ops(c: Config):
     """4·B·H·N²·D, halved when causal (the convention of the peers' numbers: TOPS on half the work)."""
-    return 4 * batch * heads * c.n * c.n * c.head_dim / (2 if c.causal else 1)
+    return 4 * c.batch * c.heads * c.n * c.n * c.head_dim / (2 if c.causal else 1)
 
 
-def block_pair_counts(n, causal, device="cpu"):
-    """(Qb, Kb) int64: visible (query, key) pairs inside each 128x64 block (Nq = Nk = n, a multiple of 128)."""
-    import torch
+def effective_ops(c: Config, mask):
+    """4·D·(visible pairs): the work a kernel that skips dead blocks and masks the diagonal does. `mask`: None or
+    a torch bool mask broadcastable to (B, H, Qb, Kb)."""
+    counts = block_pair_counts(c.n, c.causal)
+    if mask is None:
+        pairs = c.batch * c.heads * int(counts.sum())
+    else:
+        import torch
 
-    n_qb, n_kb = n // BLOCK_M, n // BLOCK_N
-    if not causal:
-        return torch.full((n_qb, n_kb), BLOCK_M * BLOCK_N, dtype=torch.int64, device=device)
-    rows = torch.arange(n, device=device).view(n_qb, BLOCK_M, 1)
-    first_key = torch.arange(n_kb, device=device).view(1, 1, n_kb) * BLOCK_N
-    return (rows + 1 - first_key).clamp(0, BLOCK_N).sum(1)
-
-
-def effective_ops(c: Config, mask, batch=BATCH, heads=HEADS):
-    """4·D·(visible pairs): the work a kernel that skips dead blocks and masks the diagonal does."""
-    counts = block_pair_counts(c.n, c.causal, "cpu" if mask is None else mask.device)
-    pairs = batch * heads * int(counts.sum()) if mask is None else int((counts * mask).sum())
+        live = mask.expand(c.batch, c.heads, *mask.shape[-2:])
+        pairs = int((torch.from_numpy(counts).to(mask.device) * live).sum())
     return 4 * c.head_dim * pairs
 
 
@@ -205,6 +303,7 @@ def flex_block_mask(mask, n, causal):
     import torch
     from torch.nn.attention.flex_attention import BlockMask
 
+    mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))  # (B, H, Qb, Kb); sizes 1 broadcast
     n_qb, n_kb = n // BLOCK_M, n // BLOCK_N
     first_row = torch.arange(n_qb, device=mask.device)[:, None] * BLOCK_M
     first_key = torch.arange(n_kb, device=mask.device)[None, :] * BLOCK_N
@@ -245,10 +344,11 @@ class Estimator:
         live = c.density * (0.5 if c.causal else 1.0)
         work = dense_equiv_ops(c) * (2 if c.causal else 1) * live
         seconds = REF_S_PER_KEY * c.n + 0.05
+        shape = (c.n, c.head_dim, c.dtype, c.batch, c.heads, c.kv_heads)
         for name in c.systems:
             ms = work / (RATE_TOPS[name] * 1e12) * 1e3 + 0.03
             seconds += _point_s(ms)
-            if name in (OURS, OURS_JAX, OURS_FP8):
+            if name in (OURS, OURS_JAX, OURS_FP8, OURS_JAX_NHD):
                 seconds += (ATTENTION_COMPILE_S * self._first((name, c.head_dim, c.dtype, c.causal))
                             + QUANTIZE_COMPILE_S * self._first((name, c.head_dim, c.dtype))
                             + BLOCK_LISTS_COMPILE_S * self._first((name, c.density < 1, c.causal)))
@@ -256,10 +356,12 @@ class Estimator:
                 seconds += _point_s(ms)  # ms_group
                 if c.breakdown:
                     seconds += 4 * _point_s(0.1)
-            elif name == OURS_JAX:
-                seconds += JAX_TRACE_S * self._first((name, c.n, c.head_dim, c.dtype, c.causal, c.density < 1))
+            elif name in (OURS_JAX, OURS_JAX_NHD):
+                seconds += JAX_TRACE_S * self._first((name, shape, c.causal, c.density < 1))
+            elif name == JAX_CUDNN:
+                seconds += JAX_CUDNN_COMPILE_S * self._first((name, shape, c.causal))
             elif name == FLEX:
-                if self._first((FLEX, c.n, c.head_dim, c.dtype, c.causal)):
+                if self._first((FLEX, shape, c.causal)):
                     seconds += FLEX_FIRST_COMPILE_S if self._first(FLEX) else FLEX_COMPILE_S
             elif name == SAGE:
                 seconds += SAGE_COMPILE_S * self._first((SAGE, c.head_dim, c.dtype, c.causal))
@@ -303,16 +405,16 @@ def environment(torch, triton, device):
 class Bench:
     """Runs the configurations on one device and appends records. All framework imports happen here."""
 
-    def __init__(self, device, batch, heads):
+    def __init__(self, device):
         import torch
         import triton
         import triton.testing
 
         self.torch, self.triton = torch, triton
-        self.device, self.batch, self.heads = device, batch, heads
+        self.device = device
         self.cuda = device == "cuda"
-        self.shape_key, self.sets, self.jax_sets = None, None, None
-        self.flex = self.jax = self.jax_fn = self.sageattn = None
+        self.shape_key, self.sets, self.jax_sets, self.jax_nhd_sets = None, None, None, None
+        self.flex = self.jax = self.jax_fn = self.jax_cudnn_fn = self.sageattn = None
         self.import_errors = {}
         self._setup_flex()
         self._setup_jax()
@@ -336,11 +438,14 @@ class Bench:
             import jax
 
             from sparse_sageattn.jax import sparse_sageattn as jax_sparse_sageattn
-        except Exception as e:  # a missing JAX only removes its column
-            self.import_errors[OURS_JAX] = f"{type(e).__name__}: {e}"
+        except Exception as e:  # a missing JAX only removes its columns
+            for name in (OURS_JAX,) + JAX_PEER:
+                self.import_errors[name] = f"{type(e).__name__}: {e}"
             return
         self.jax = jax
-        self.jax_fn = jax.jit(jax_sparse_sageattn, static_argnames=("is_causal",))
+        self.jax_fn = jax.jit(jax_sparse_sageattn, static_argnames=("is_causal", "tensor_layout"))
+        # What a Flax user would call: NHD arrays, the cuDNN flash kernel, is_causal, GQA through fewer kv heads
+        self.jax_cudnn_fn = jax.jit(jax.nn.dot_product_attention, static_argnames=("is_causal", "implementation"))
 
     def _setup_sage(self):
         try:
@@ -360,21 +465,29 @@ class Bench:
 
     def _inputs(self, c: Config):
         """N_SETS random (q, k, v) sets for this shape, the same on every visit (seeded by the shape)."""
-        key = (c.n, c.head_dim, c.dtype)
+        key = (c.n, c.head_dim, c.dtype, c.batch, c.heads, c.kv_heads)
         if key != self.shape_key:
             torch = self.torch
-            self.sets = self.jax_sets = None
+            self.sets = self.jax_sets = self.jax_nhd_sets = None
             if self.cuda:
                 torch.cuda.empty_cache()
             gen = torch.Generator(device=self.device).manual_seed(c.n * 1000 + c.head_dim * 10 + DTYPES.index(c.dtype))
-            shape = (self.batch, self.heads, c.n, c.head_dim)
+            shapes = [(c.batch, h, c.n, c.head_dim) for h in (c.heads, c.kv_heads, c.kv_heads)]
             dtype = getattr(torch, c.dtype)
-            self.sets = [tuple(torch.randn(shape, generator=gen, device=self.device, dtype=dtype) for _ in range(3))
+            self.sets = [tuple(torch.randn(shape, generator=gen, device=self.device, dtype=dtype) for shape in shapes)
                          for _ in range(N_SETS)]
             if self.jax is not None:
                 self.jax_sets = [tuple(self._to_jax(t) for t in s) for s in self.sets]
             self.shape_key = key
         return self.sets
+
+    def _nhd_sets(self):
+        """The JAX input sets of this shape in NHD (B, N, H, D), copied once per shape: what a Flax model holds."""
+        if self.jax_nhd_sets is None:
+            jnp = self.jax.numpy
+            self.jax_nhd_sets = [tuple(jnp.transpose(x, (0, 2, 1, 3)).block_until_ready() for x in s)
+                                 for s in self.jax_sets]
+        return self.jax_nhd_sets
 
     def _to_jax(self, t):
         jax = self.jax
@@ -435,24 +548,34 @@ class Bench:
         return out, (time.perf_counter() - start) * 1e3
 
     # -- one configuration -----------------------------------------------------------------------------------------
+    def _mask(self, c: Config, seed):
+        """None (dense), the causal window + sink (Qb, Kb) shared by every head, or a random (B, H, Qb, Kb) mask."""
+        if c.window:
+            from sparse_sageattn.torch import causal_mask, union_mask
+
+            return (union_mask(c.n, c.n, window=c.window, sink=c.sink, device=self.device)
+                    & causal_mask(c.n, c.n, device=self.device))
+        if c.density == 1.0:
+            return None
+        gen = self.torch.Generator(device=self.device).manual_seed(seed)
+        return exact_density_mask(c.density, c.batch, c.heads, c.n, gen, self.device)
+
     def run_config(self, c: Config, seed):
         torch = self.torch
         from sparse_sageattn import reference
 
         sets = self._inputs(c)
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        mask = None if c.density == 1.0 else exact_density_mask(c.density, self.batch, self.heads, c.n, gen,
-                                                                 self.device)
-        work = dict(dense_equiv_ops=dense_equiv_ops(c, self.batch, self.heads),
-                    effective_ops=effective_ops(c, mask, self.batch, self.heads))
-        work["live_fraction"] = work["effective_ops"] / (4 * self.batch * self.heads * c.n * c.n * c.head_dim)
+        mask = self._mask(c, seed)
+        work = dict(dense_equiv_ops=dense_equiv_ops(c), effective_ops=effective_ops(c, mask))
+        work["live_fraction"] = work["effective_ops"] / (4 * c.batch * c.heads * c.n * c.n * c.head_dim)
 
-        # The float64 reference on sampled rows of two heads of batch 0, from input set 0.
+        # The float64 reference on sampled rows of two query heads of batch 0 (and their kv heads), from input set 0.
         rng = np.random.default_rng(seed)
         rows = np.unique(np.r_[0, c.n - 1, rng.integers(0, c.n, REF_ROWS)])
-        heads = ref_heads(self.heads)
-        q, k, v = (x[:1, heads].float().cpu().numpy() for x in sets[0])
-        ref_mask = None if mask is None else mask[:1, heads].cpu().numpy()
+        heads = ref_heads(c.heads)
+        kv_heads = [h // (c.heads // c.kv_heads) for h in heads]
+        q, k, v = (x[:1, h].float().cpu().numpy() for x, h in zip(sets[0], (heads, kv_heads, kv_heads)))
+        ref_mask = None if mask is None else (mask[:1, heads] if mask.dim() == 4 else mask).cpu().numpy()
         ref_out, _ = reference.attention(q, k, v, ref_mask, c.causal, rows=rows)
         heads_t = torch.tensor(heads, device=self.device)
         rows_t = torch.tensor(rows, device=self.device)
@@ -465,12 +588,15 @@ class Bench:
 
         records = []
         for name in c.systems:
-            record = dict(c.key(), system=name, batch=self.batch, heads=self.heads, **work)
+            record = dict(c.key(), system=name, **work)
             try:
                 if name in self.import_errors:
                     raise RuntimeError(f"not importable: {self.import_errors[name]}")
-                if name == OURS_JAX:
-                    record.update(self._run_jax(c, mask, rows, heads, accuracy))
+                if name in (OURS_JAX, OURS_JAX_NHD):
+                    record.update(self._run_jax(c, mask, rows, heads, accuracy, "NHD" if name == OURS_JAX_NHD
+                                                else "HND"))
+                elif name == JAX_CUDNN:
+                    record.update(self._run_jax_cudnn(c, rows, heads, accuracy))
                 else:
                     record.update(self._run_torch(name, c, mask, sets, torch_sample, accuracy))
                 if name == OURS_FP8:  # what e4m3 P and V alone cost on these rows: the mode's accuracy floor
@@ -493,7 +619,7 @@ class Bench:
 
         from sparse_sageattn import sparse_sageattn
 
-        causal = c.causal
+        causal, gqa = c.causal, c.kv_heads != c.heads
         if name == OURS:
             return lambda q, k, v: sparse_sageattn(q, k, v, mask, causal)
         if name == OURS_FP8:
@@ -504,13 +630,14 @@ class Bench:
             block_mask = flex_block_mask(full, c.n, causal)
             # hd64 needs 64-row tiles to divide the (128, 64) blocks (seen on the lent H100)
             options = {"BLOCK_M": 64, "BLOCK_N": 64} if c.head_dim == 64 else None
-            return lambda q, k, v: self.flex(q, k, v, block_mask=block_mask, kernel_options=options)
+            return lambda q, k, v: self.flex(q, k, v, block_mask=block_mask, kernel_options=options, enable_gqa=gqa)
         if name in (SDPA_FLASH, SDPA_CUDNN):
             backend = SDPBackend.FLASH_ATTENTION if name == SDPA_FLASH else SDPBackend.CUDNN_ATTENTION
 
             def sdpa(q, k, v):
                 with sdpa_kernel(backend):
-                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                                            enable_gqa=gqa)
             return sdpa
         if name == SAGE:
             return lambda q, k, v: self.sageattn(q, k, v, tensor_layout="HND", is_causal=causal)
@@ -535,26 +662,54 @@ class Bench:
 
         return result
 
-    def _run_jax(self, c: Config, mask, rows, heads, accuracy):
-        jax = self.jax
-        jnp = jax.numpy
-        mask_j = None if mask is None else jnp.asarray(mask.cpu().numpy())
-        causal = c.causal
-        sets = [(q, k, v, mask_j) for q, k, v in self.jax_sets]
+    def _jax_sample(self, out, rows, heads, layout):
+        """(1, len(heads), len(rows), D) float64 of a JAX output in `layout`."""
+        jnp = self.jax.numpy
+        if layout == "NHD":
+            out = jnp.transpose(out[:1][:, rows][:, :, np.array(heads)], (0, 2, 1, 3))
+        else:
+            out = out[:1][:, np.array(heads)][:, :, rows]
+        return np.asarray(out.astype(jnp.float32)).astype(np.float64)
 
-        def fn(q, k, v, m):
-            return self.jax_fn(q, k, v, m, is_causal=causal)
-
-        out, first_ms = self._first_call(fn, sets[0], lambda o: o.block_until_ready())
-        sample = np.asarray(out[:1][:, np.array(heads)][:, :, rows].astype(jnp.float32)).astype(np.float64)
-        result = accuracy(sample)
-        del out
+    def _time_jax(self, fn, sets, result):
         start = time.perf_counter()
         fn(*sets[0]).block_until_ready()
         call_ms = (time.perf_counter() - start) * 1e3
-        result.update(ms=self.time_group(fn, sets, call_ms, lambda o: o.block_until_ready()),
-                      first_call_s=first_ms / 1e3, extra_mem_bytes=None)
+        result.update(ms=self.time_group(fn, sets, call_ms, lambda o: o.block_until_ready()), extra_mem_bytes=None)
         return result
+
+    def _run_jax(self, c: Config, mask, rows, heads, accuracy, layout):
+        jnp = self.jax.numpy
+        mask_j = None if mask is None else jnp.asarray(mask.cpu().numpy())
+        causal = c.causal
+        sets = [(q, k, v, mask_j) for q, k, v in (self._nhd_sets() if layout == "NHD" else self.jax_sets)]
+
+        def fn(q, k, v, m):
+            return self.jax_fn(q, k, v, m, is_causal=causal, tensor_layout=layout)
+
+        out, first_ms = self._first_call(fn, sets[0], lambda o: o.block_until_ready())
+        result = accuracy(self._jax_sample(out, rows, heads, layout))
+        del out
+        result["first_call_s"] = first_ms / 1e3
+        return self._time_jax(fn, sets, result)
+
+    def _run_jax_cudnn(self, c: Config, rows, heads, accuracy):
+        """jax.nn.dot_product_attention(implementation="cudnn") on the NHD sets (GQA: its own fewer kv heads). A
+        first call that raises (no cuDNN, a shape or dtype it refuses) is recorded as unsupported."""
+        causal = c.causal
+        sets = self._nhd_sets()
+
+        def fn(q, k, v):
+            return self.jax_cudnn_fn(q, k, v, is_causal=causal, implementation="cudnn")
+
+        try:
+            out, first_ms = self._first_call(fn, sets[0], lambda o: o.block_until_ready())
+        except Exception as e:
+            return dict(unsupported=f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}")
+        result = accuracy(self._jax_sample(out, rows, heads, "NHD"))
+        del out
+        result["first_call_s"] = first_ms / 1e3
+        return self._time_jax(fn, sets, result)
 
     def _plan_facts(self, c: Config, mask, sets, call_ms):
         """The issue's memory bound from the core plan's buffers and, if asked, each launch of the plan timed alone
@@ -584,6 +739,12 @@ class Bench:
                                                        call_ms if step.name == "attention" else 0.1)
                                for step in plan.launches}
         return facts
+
+
+def _config_fields(record):
+    """Config(**...) arguments of a record (systems and breakdown do not matter there)."""
+    fields = {f.name for f in dataclasses.fields(Config)} - {"systems", "breakdown"}
+    return dict({k: record[k] for k in fields if k in record}, systems=(), breakdown=False)
 
 
 def ref_heads(heads):
@@ -654,7 +815,7 @@ def _progress(i, total, c, records, elapsed, estimate):
     cells = []
     for r in records:
         cells.append(f"{r['system'].replace('sparse_sageattn', 'ours')} "
-                     + (f"{r['ms']:.3f}" if "ms" in r else "ERR"))
+                     + (f"{r['ms']:.3f}" if "ms" in r else "unsupported" if "unsupported" in r else "ERR"))
     line = f"[{i}/{total} {elapsed:5.0f}s/{estimate:4.0f}s] {c.label():<34} " + " | ".join(cells)
     print(line, flush=True)
 
@@ -671,8 +832,8 @@ def main(argv=None):
     if device == "cpu" and not args.smoke:
         print("no CUDA device: only --smoke and --dry-run run here", file=sys.stderr)
         return 2
-    batch, heads = (1, 2) if args.smoke else (BATCH, HEADS)
-    bench = Bench(device, batch, heads)
+    batch, heads = (configs[0].batch, configs[0].heads) if args.smoke and configs else (BATCH, HEADS)
+    bench = Bench(device)
     meta = bench.versions()
     date = datetime.date.today().isoformat()
     grid_name = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -713,9 +874,12 @@ def main(argv=None):
     if data["skipped"]:
         print(f"{len(data['skipped'])} configurations skipped for the time budget (listed in the results file)")
     errors = [r for r in data["records"] if "error" in r]
+    unsupported = [r for r in data["records"] if "unsupported" in r]
     for r in errors[:10]:
-        print(f"error: {r['system']} hd{r['head_dim']} N={r['n']} d={r['density']}: {r['error'][:200]}")
-    print(f"wrote {path} ({len(data['records'])} records, {len(errors)} errors, "
+        print(f"error: {r['system']} {Config(**_config_fields(r)).label()}: {r['error'][:200]}")
+    for r in unsupported[:10]:
+        print(f"unsupported: {r['system']} {Config(**_config_fields(r)).label()}: {r['unsupported'][:200]}")
+    print(f"wrote {path} ({len(data['records'])} records, {len(errors)} errors, {len(unsupported)} unsupported, "
           f"{data['meta']['elapsed_s']:.0f} s)")
     return 0
 

@@ -42,13 +42,33 @@ class AttentionConfig(KernelConfig):
 
 
 @dataclass(frozen=True)
+class SplitKVConfig(KernelConfig):
+    """The split-KV kernel (attention/split_kv.py) for calls of at most SPLIT_KV_MAX_QUERIES queries a head."""
+    # Splits of each block list: until B * Hkv * head groups * splits reaches programs_per_sm programs per SM,
+    # at most max_splits, and never more than there are key blocks.
+    programs_per_sm: int = 8
+    max_splits: int = 64
+
+
+_SIMPLE = KernelConfig(num_warps=4, num_stages=1)
+
+
+@dataclass(frozen=True)
 class LaunchConfigs:
     attention: tuple  # AttentionConfig candidates, preferred first
     quantize: KernelConfig  # Q and K share it: num_warps sets both tiles' layouts, hence reduction orders
     sums_and_lists: KernelConfig
+    # H200, bf16 hd128 GQA 32/8, split-KV launch alone (benchmarks/NOTES.md): 4 warps over 8 (1.1-1.8x); 3 stages
+    # over 2 1.09-1.10x at (Nq, Nk) = (16, 32k) and (1, 128k), 0.92x at (1, 32k); 8 programs an SM over 4 1.08x at
+    # (1, 32k), 1.03x at (16, 32k)
+    split_kv: SplitKVConfig = SplitKVConfig(num_warps=4, num_stages=3)
+    combine: KernelConfig = _SIMPLE
 
 
-_SIMPLE = KernelConfig(num_warps=4, num_stages=1)
+# Queries a head up to which the split-KV kernel serves a call (decoding, speculative and chunked steps): its
+# tile packs a kv group's heads, at most 128 rows.
+SPLIT_KV_MAX_QUERIES = 64
+INTERPRETER_SMS = 2  # the SM count planned for without a GPU: small, so that small tests split
 # Each variant's configuration when an override names it and its table entry has none.
 VARIANT_DEFAULTS = {
     "triton": AttentionConfig(num_warps=4, num_stages=2),

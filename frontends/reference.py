@@ -12,8 +12,15 @@ def to_bhnd(x, layout):
     return x if layout == "HND" else x.transpose(0, 2, 1, 3)
 
 
-def visible_pairs(batch, heads_q, n_q, n_k, mask_id=None, is_causal=False, rows=None):
-    """bool (B, Hq, len(rows), Nk): the block mask expanded to elements, and the causal rule j <= i + Nk - Nq."""
+def valid_keys(batch, n_k, kv_lens=None):
+    """int (B, 1, 1, 1): the keys that exist per batch row, kv_lens clamped to [0, Nk] (all Nk without it)."""
+    lens = np.full(batch, n_k) if kv_lens is None else np.clip(np.asarray(kv_lens, np.int64), 0, n_k)
+    return lens.reshape(batch, 1, 1, 1)
+
+
+def visible_pairs(batch, heads_q, n_q, n_k, mask_id=None, is_causal=False, rows=None, kv_lens=None):
+    """bool (B, Hq, len(rows), Nk): the block mask expanded to elements, the keys that exist (kv_lens) and the
+    causal rule j <= i + n - Nq, n = Nk or kv_lens[b]."""
     rows = np.arange(n_q) if rows is None else np.asarray(rows)
     n_qb, n_kb = -(-n_q // BLOCK_M), -(-n_k // BLOCK_N)
     if mask_id is None:
@@ -21,17 +28,29 @@ def visible_pairs(batch, heads_q, n_q, n_k, mask_id=None, is_causal=False, rows=
     else:
         blocks = np.broadcast_to(np.asarray(mask_id) != 0, (batch, heads_q, n_qb, n_kb))
     pairs = np.repeat(blocks[:, :, rows // BLOCK_M], BLOCK_N, axis=3)[..., :n_k]
+    n_valid = valid_keys(batch, n_k, kv_lens)
+    keys = np.arange(n_k)[None, None, None, :]
+    pairs = pairs & (keys < n_valid)
     if is_causal:
-        pairs = pairs & (np.arange(n_k)[None, :] <= rows[:, None] + (n_k - n_q))
+        pairs = pairs & (keys <= rows[None, None, :, None] + (n_valid - n_q))
     return pairs
 
 
-def attention(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", sm_scale=None, rows=None):
+def _existing(k, v, kv_lens):
+    """k, v (B, H, Nk, D) with the keys past kv_lens zeroed: they may hold anything, NaN included."""
+    if kv_lens is None:
+        return k, v
+    exists = np.arange(k.shape[2])[None, None, :, None] < valid_keys(k.shape[0], k.shape[2], kv_lens)
+    return np.where(exists, k, 0.0), np.where(exists, v, 0.0)
+
+
+def attention(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", sm_scale=None, rows=None, kv_lens=None):
     """Returns (out, lse) in float64, out in q's layout; only the query `rows` (all by default).
 
-    Rows that see no key: zeros and lse -inf.
+    Rows that see no key: zeros and lse -inf. kv_lens: valid keys per batch row (None: all).
     """
     q, k, v = (to_bhnd(x, tensor_layout) for x in (q, k, v))
+    k, v = _existing(k, v, kv_lens)
     batch, heads_q, n_q, head_dim = q.shape
     if rows is not None:
         q = q[:, :, rows]
@@ -39,7 +58,7 @@ def attention(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", sm_sc
     k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
     scale = 1.0 / np.sqrt(head_dim) if sm_scale is None else sm_scale
     logits = np.einsum("bhid,bhjd->bhij", q, k) * scale
-    visible = visible_pairs(batch, heads_q, n_q, k.shape[2], mask_id, is_causal, rows)
+    visible = visible_pairs(batch, heads_q, n_q, k.shape[2], mask_id, is_causal, rows, kv_lens)
     logits = np.where(visible, logits, -np.inf)
     row_max = logits.max(axis=-1, keepdims=True, initial=-np.inf)
     row_max = np.where(np.isfinite(row_max), row_max, 0.0)
@@ -60,11 +79,13 @@ def round_e4m3(x):
     return np.round(x / step) * step  # np.round rounds half to even
 
 
-def fp8_pv_attention(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", sm_scale=None, rows=None):
+def fp8_pv_attention(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", sm_scale=None, rows=None,
+                     kv_lens=None):
     """attention() with only the FP8 P.V mode's two roundings, the rest float64: P (scaled by its row maximum)
     times 448, and V scaled per channel by 448 / max|V| over the keys, both rounded to e4m3. What the format
     alone costs: the error floor of pv_dtype="fp8", against which the kernels' FP8 accuracy is judged."""
     q, k, v = (to_bhnd(x, tensor_layout) for x in (q, k, v))
+    k, v = _existing(k, v, kv_lens)
     batch, heads_q, n_q, head_dim = q.shape
     if rows is not None:
         q = q[:, :, rows]
@@ -75,7 +96,8 @@ def fp8_pv_attention(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND"
     k, v_e4m3, v_scale = (np.repeat(x, group, axis=1) for x in (k, v_e4m3, v_scale))
     scale = 1.0 / np.sqrt(head_dim) if sm_scale is None else sm_scale
     logits = np.einsum("bhid,bhjd->bhij", q, k) * scale
-    logits = np.where(visible_pairs(batch, heads_q, n_q, k.shape[2], mask_id, is_causal, rows), logits, -np.inf)
+    logits = np.where(visible_pairs(batch, heads_q, n_q, k.shape[2], mask_id, is_causal, rows, kv_lens), logits,
+                      -np.inf)
     row_max = logits.max(axis=-1, keepdims=True, initial=-np.inf)
     weights = np.exp(logits - np.where(np.isfinite(row_max), row_max, 0.0))
     total = weights.sum(axis=-1, keepdims=True)

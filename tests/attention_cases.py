@@ -25,6 +25,7 @@ class Case:
     mask: str | None = None  # None, "heads" (Hq, Qb, Kb), "batch" (B, 1, Qb, Kb) or "row" (Qb, Kb)
     is_causal: bool = False
     smooth_k: bool = True
+    kv_lens: tuple | None = None  # valid keys per batch row; the keys past them are NaN in the inputs
 
     def __str__(self):
         return self.name
@@ -38,11 +39,18 @@ CASES = [
     Case("row_mask_hd128", 1, 2, 2, 129, 513, 128, mask="row", smooth_k=False),
     Case("hd40_nq_gt_nk", 1, 2, 2, 320, 130, 40, is_causal=True),
     Case("bf16_gqa_causal", 1, 4, 1, 256, 256, 64, dtype="bfloat16", is_causal=True, mask="heads"),
+    # at most 64 queries a head: the split-KV kernel (a kv group's heads in one tile unless the mask is per head)
+    Case("decode_gqa_kv_lens", 2, 8, 2, 1, 700, 128, is_causal=True, kv_lens=(700, 333)),
+    Case("decode_heads_mask_nhd", 1, 4, 2, 16, 300, 64, layout="NHD", mask="heads", is_causal=True),
+    Case("chunk_batch_mask_empty_row", 2, 4, 4, 40, 200, 64, mask="batch", kv_lens=(0, 130)),
+    Case("bf16_decode_mqa", 1, 4, 1, 2, 400, 128, dtype="bfloat16", is_causal=True),
+    Case("prefill_kv_lens_causal", 2, 2, 1, 200, 512, 64, is_causal=True, kv_lens=(512, 300)),
 ]
 
 
 def inputs(case: Case, seed: int = 0):
-    """q, k, v as float32 numpy arrays (cast by the path), and the mask (bool numpy or None)."""
+    """q, k, v as float32 numpy arrays (cast by the path), and the mask (bool numpy or None). With kv_lens the
+    keys past each row's count are NaN: a path that reads them fails."""
     rng = np.random.default_rng([seed, *map(ord, case.name)])
 
     def rand(heads, n):
@@ -58,4 +66,10 @@ def inputs(case: Case, seed: int = 0):
     if shape is not None:
         mask = rng.random(shape) < 0.6
         mask.reshape(-1)[0] = True  # at least one live block
+    if case.kv_lens is not None:
+        heads_before_keys = [slice(None)] if case.layout == "HND" else []
+        for b, n_valid in enumerate(case.kv_lens):
+            past = (b, *heads_before_keys, slice(n_valid, None))
+            k[past] = np.nan
+            v[past] = np.nan
     return q, k, v, mask

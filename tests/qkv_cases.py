@@ -30,13 +30,19 @@ def _desc(t):
 
 
 def run_plan(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", return_lse=True, override=PAIRS,
-             pv_dtype="fp16"):
-    """The torch executor on a plan made with make_plan's attention_override: variants no table entry selects
-    yet. Returns (out, lse)."""
+             pv_dtype="fp16", kv_lens=None, split_kv_override=None):
+    """The torch executor on a plan made with make_plan's attention_override (or split_kv_override): variants no
+    table entry selects yet. Returns (out, lse)."""
     capability = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else None
     plan = make_plan(_desc(q), _desc(k), _desc(v), _desc(mask_id), is_causal, tensor_layout, None, True, return_lse,
-                     capability, pv_dtype=pv_dtype, attention_override=override)
-    (step,) = [s for s in plan.launches if s.name == "attention"]
-    assert step.constexprs["KEY_BLOCKS_PER_STEP"] == (override or {}).get("key_blocks_per_step", 1)
-    arrays = _launch.run(plan, {"q": q, "k": k, "v": v, "mask_id": mask_id}, q.device)
+                     capability, pv_dtype=pv_dtype, kv_lens=_desc(kv_lens),
+                     attention_override=None if split_kv_override is not None else override,
+                     split_kv_override=split_kv_override)
+    if split_kv_override is None:
+        (step,) = [s for s in plan.launches if s.name == "attention"]
+        assert step.constexprs["KEY_BLOCKS_PER_STEP"] == (override or {}).get("key_blocks_per_step", 1)
+    else:
+        (step,) = [s for s in plan.launches if s.name == "split_kv"]
+        assert step.constexprs["SPLITS"] == split_kv_override.get("splits", step.constexprs["SPLITS"])
+    arrays = _launch.run(plan, {"q": q, "k": k, "v": v, "mask_id": mask_id, "kv_lens": kv_lens}, q.device)
     return arrays["out"], arrays["lse"]

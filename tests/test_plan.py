@@ -145,3 +145,71 @@ def test_gluon_launch_config_matches_the_kernel_structure():
     assert cfg.num_warps == kernel_sm90.NUM_WARPS and cfg.maxnreg == kernel_sm90.MAXNREG
     warps = kernel_sm90.NUM_WARPS + 4 * (kernel_sm90.CONSUMER_WARPGROUPS - 1) + kernel_sm90.LOADER_WARPS
     assert cfg.maxnreg * 32 * warps <= 65536  # the register file holds every warp at the cap
+
+
+def decode_plan(n_q=1, heads_q=8, heads_kv=2, n_k=4096, batch=2, mask_shape=None, num_sms=132, **options):
+    q, kv = desc((batch, heads_q, n_q, 128)), desc((batch, heads_kv, n_k, 128))
+    mask_id = None if mask_shape is None else desc(mask_shape, "bool")
+    return make_plan(q, kv, kv, mask_id, True, "HND", None, True, True, (9, 0), num_sms=num_sms, **options)
+
+
+@pytest.mark.parametrize("n_q,mask_shape,heads_per_program,block_rows", [
+    (1, None, 4, 16),  # a kv group's 4 heads in one tile
+    (16, None, 4, 64),
+    (48, None, 2, 128),  # 4 * 48 rows do not fit 128: two programs per kv head
+    (64, (1, 1), 2, 128),  # a broadcast mask is one list: heads still share a tile
+    (1, (8, 1, 64), 1, 16),  # a mask per head: one head per program
+])
+def test_short_queries_take_the_split_kv_kernel(n_q, mask_shape, heads_per_program, block_rows):
+    plan = decode_plan(n_q, mask_shape=mask_shape)
+    assert [step.name for step in plan.launches] == ["sums_and_lists", "split_kv", "combine"]
+    split = plan.launches[1]
+    assert split.constexprs["HEADS_PER_PROGRAM"] == heads_per_program
+    assert split.constexprs["BLOCK_ROWS"] == block_rows
+    programs = 2 * 2 * (4 // heads_per_program)
+    splits = split.constexprs["SPLITS"]
+    # enough programs for programs_per_sm per SM, at most 64 splits
+    assert splits == min(64, -(-132 * configs.SplitKVConfig.programs_per_sm // programs))
+    assert split.grid == (programs * splits,)
+    assert plan.buffers["partial_lse"].shape == (2 * 8 * splits * n_q,)
+    assert plan.launches[2].grid == (2 * 8 * n_q,)  # one program a row
+
+
+def test_split_count_follows_the_sms_and_the_key_blocks():
+    assert decode_plan(num_sms=4).launches[1].constexprs["SPLITS"] == 8  # 4 programs, 32 wanted
+    # at most one split per key block; one split writes the output itself, without a combine
+    single = decode_plan(n_k=60, num_sms=8)
+    assert [step.name for step in single.launches] == ["sums_and_lists", "split_kv"]
+    assert single.launches[1].constexprs["SPLITS"] == 1 and single.buffers["partial_out"].shape == (1,)
+    assert decode_plan(split_kv_override={"splits": 3}).launches[1].constexprs["SPLITS"] == 3
+
+
+def test_longer_queries_and_fp8_keep_the_attention_kernel():
+    for plan in (decode_plan(n_q=65), decode_plan(n_q=16, pv_dtype="fp8")):
+        assert [step.name for step in plan.launches] == ["sums_and_lists", "quantize", "attention"]
+    with pytest.raises(ValueError, match="split_kv_override: the split-KV kernel takes fp16 P.V"):
+        decode_plan(n_q=16, pv_dtype="fp8", split_kv_override={})
+
+
+def test_kv_lens_gives_each_batch_row_its_lists_and_reaches_every_kernel():
+    lens = desc((2,), "int32")
+    for plan in (decode_plan(kv_lens=lens), decode_plan(n_q=300, kv_lens=lens)):
+        for step in plan.launches[:-1] if plan.launches[-1].name == "combine" else plan.launches:
+            assert step.args["kv_lens_ptr"] == Ref("kv_lens") and step.constexprs["HAS_KV_LENS"], step.name
+        assert plan.launches[0].grid[0] - plan.launches[0].args["chunk_programs"] == 2 * -(-plan_n_q(plan) // 128)
+    plain = decode_plan()
+    assert plain.launches[1].args["kv_lens_ptr"] == Ref("q") and not plain.launches[1].constexprs["HAS_KV_LENS"]
+
+
+def plan_n_q(plan):
+    return plan.launches[0].args["n_q"]
+
+
+@pytest.mark.parametrize("kv_lens,error,message", [
+    (desc((2,), "int64"), TypeError, r"kv_lens must be an int32 array"),
+    (desc((1,), "int32"), ValueError, r"kv_lens must have shape \(B,\) = \(2,\), got \(1,\)"),
+    (ArrayDesc((2,), (2,), "int32"), ValueError, r"kv_lens must be contiguous, got stride 2"),
+])
+def test_bad_kv_lens_is_refused(kv_lens, error, message):
+    with pytest.raises(error, match=message):
+        decode_plan(kv_lens=kv_lens)

@@ -13,7 +13,7 @@ import triton.language as tl
 
 @triton.jit
 def _block_list(
-    mask_ptr, lbh, qb, n_qb, n_q, n_k, list_heads, stride_mb, stride_mh, stride_mq, stride_mk,
+    mask_ptr, lbh, qb, n_qb, n_q, n_k, n_valid, list_heads, stride_mb, stride_mh, stride_mq, stride_mk,
     counts_ptr, indices_ptr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KB_TILE: tl.constexpr,
     HAS_MASK: tl.constexpr, IS_CAUSAL: tl.constexpr,
@@ -21,23 +21,26 @@ def _block_list(
     """The list of query block qb of list lbh. counts: int32 [lists, n_qb, 2] = (live, full); indices: int32
     [lists, n_qb, n_kb], row-major.
 
-    `lists` is B*Hq, or fewer when the mask broadcasts over batch or heads (strides of 0 there).
+    `lists` is B*Hq, or fewer when the mask broadcasts over batch or heads (strides of 0 there). n_k sets the
+    layout (n_kb entries a row); the list holds blocks of the first n_valid keys only, aligned to them under
+    causal (n_valid is n_k, or the batch row's kv_lens).
     """
     n_kb = tl.cdiv(n_k, BLOCK_N)
+    n_kb_valid = tl.cdiv(n_valid, BLOCK_N)
     b = lbh // list_heads
     h = lbh % list_heads
 
-    kb_end = n_kb  # key blocks [0, kb_end) may hold a visible key
-    kb_full_end = n_kb  # key blocks [0, kb_full_end) are visible to every row of the query block
+    kb_end = n_kb_valid  # key blocks [0, kb_end) may hold a visible key
+    kb_full_end = n_kb_valid  # key blocks [0, kb_full_end) are visible to every row of the query block
     if IS_CAUSAL:
-        # Query i sees key j iff j <= i + n_k - n_q (bottom-right aligned). Numerators are kept >= 0 before
+        # Query i sees key j iff j <= i + n_valid - n_q (bottom-right aligned). Numerators are kept >= 0 before
         # dividing, so the integer division rounds the same way on the GPU and in the interpreter.
-        last_visible = tl.minimum(qb * BLOCK_M + BLOCK_M - 1, n_q - 1) + (n_k - n_q)
-        kb_end = tl.where(last_visible < 0, 0, tl.minimum(tl.maximum(last_visible, 0) // BLOCK_N + 1, n_kb))
-        first_row_keys = qb * BLOCK_M + (n_k - n_q) + 1  # keys visible to the block's first row
+        last_visible = tl.minimum(qb * BLOCK_M + BLOCK_M - 1, n_q - 1) + (n_valid - n_q)
+        kb_end = tl.where(last_visible < 0, 0, tl.minimum(tl.maximum(last_visible, 0) // BLOCK_N + 1, n_kb_valid))
+        first_row_keys = qb * BLOCK_M + (n_valid - n_q) + 1  # keys visible to the block's first row
         kb_full_end = tl.where(first_row_keys <= 0, 0, tl.maximum(first_row_keys, 0) // BLOCK_N)
-    if n_k % BLOCK_N != 0:
-        kb_full_end = tl.minimum(kb_full_end, n_kb - 1)  # the ragged tail block always needs the key mask
+    # the ragged tail block always needs the key mask
+    kb_full_end = tl.where(n_valid % BLOCK_N != 0, tl.minimum(kb_full_end, n_kb_valid - 1), kb_full_end)
 
     mask_row_ptr = mask_ptr + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh + qb.to(tl.int64) * stride_mq
     list_row = lbh.to(tl.int64) * n_qb + qb

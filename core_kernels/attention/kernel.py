@@ -14,9 +14,26 @@ import triton.language as tl
 from ..alignment import _aligned
 from .. import contract
 from .fp8 import E4M3_MAX, to_e4m3
+from .kv_lens import _valid_keys
 
 LN2 = tl.constexpr(contract.LN2)  # a global a compiled kernel may read must be a tl.constexpr object
 P_FP8_SCALE = E4M3_MAX  # static scale of P (in [0, 1]) in the FP8 P.V mode: its largest value maps to e4m3's
+
+
+@triton.jit
+def _softmax_step(acc, m_i, l_i, s, MASKED: tl.constexpr):
+    """The online softmax's update by a tile of log2-domain scores s (rows x keys): the tile's weights p, acc
+    rescaled to the new row maxima, and the new (m, l). MASKED: s may hold -inf, whole rows of it."""
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    if MASKED:
+        m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet: no -inf - -inf
+    else:
+        m_new_safe = m_new
+    alpha = tl.math.exp2(m_i - m_new_safe)
+    p = tl.math.exp2(s - m_new_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None]
+    return p, acc, m_new, l_i
 
 
 @triton.jit
@@ -41,15 +58,7 @@ def _attend_tile(
         if IS_CAUSAL:
             visible = visible & (k_rows[None, :] <= q_rows[:, None] + (n_k - n_q))
         s = tl.where(visible, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    if MASKED:
-        m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet: no -inf - -inf
-    else:
-        m_new_safe = m_new
-    alpha = tl.math.exp2(m_i - m_new_safe)
-    p = tl.math.exp2(s - m_new_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None]
+    p, acc, m_new, l_i = _softmax_step(acc, m_i, l_i, s, MASKED)
     if PV_FP8:
         if MASKED:
             vt_mask = d_valid[:, None] & key_valid[None, :]
@@ -68,11 +77,12 @@ def _attend_tile(
 def _attend_blocks(
     acc, m_i, l_i, q, q_scale,
     k_head_ptr, k_scale_head_ptr, v_head_ptr, v_fp8_head_ptr, indices_row_ptr, list_start, list_end,
-    q_rows, n_q, n_k, stride_vn,
+    q_rows, n_q, n_k, n_valid, stride_vn,
     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, IS_CAUSAL: tl.constexpr,
     MASKED: tl.constexpr, PV_FP8: tl.constexpr, FP8_SOFTWARE_ROUNDING: tl.constexpr,
 ):
-    """List entries [list_start, list_end), one 64-key block per step."""
+    """List entries [list_start, list_end), one 64-key block per step. n_k: the keys K/V are laid out for;
+    n_valid: the keys that exist (kv_lens), what the key mask and the causal rule use."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     # Each step's block index is loaded by the step before, into a loop-carried scalar. Loaded in the step that
@@ -89,8 +99,8 @@ def _attend_blocks(
             v_ptrs = (v_head_ptr + (kb * BLOCK_N).to(tl.int64) * stride_vn + offs_n[:, None] * stride_vn
                       + offs_d[None, :])
         acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_scale * tl.load(k_scale_head_ptr + kb), k_ptrs, v_ptrs,
-                                     kb * BLOCK_N + offs_n, q_rows, n_q, n_k, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL,
-                                     MASKED, PV_FP8, FP8_SOFTWARE_ROUNDING)
+                                     kb * BLOCK_N + offs_n, q_rows, n_q, n_valid, HEAD_DIM, HEAD_DIM_PAD,
+                                     IS_CAUSAL, MASKED, PV_FP8, FP8_SOFTWARE_ROUNDING)
     return acc, m_i, l_i
 
 
@@ -98,14 +108,14 @@ def _attend_blocks(
 def _attend_block_pairs(
     acc, m_i, l_i, q, q_scale,
     k_head_ptr, k_scale_head_ptr, v_head_ptr, v_fp8_head_ptr, indices_row_ptr, list_start, list_end,
-    q_rows, n_q, n_k, stride_vn,
+    q_rows, n_q, n_k, n_valid, stride_vn,
     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, IS_CAUSAL: tl.constexpr,
     MASKED: tl.constexpr, PV_FP8: tl.constexpr, FP8_SOFTWARE_ROUNDING: tl.constexpr,
 ):
     """Entries [list_start, list_end) two at a time: one 2*BLOCK_N-key tile per step, rows (and score columns)
     0..BLOCK_N-1 from the first block, the rest from the second. Unmasked calls get an even count. In masked
     calls an odd count leaves the last step one block: its second half points past the last key block, so the
-    key mask that already serves the ragged tail hides it (no load, -inf scores, zero V rows)."""
+    key mask that already serves the ragged tail hides it (no load, -inf scores, zero V rows); n_valid <= n_k."""
     offs_n = tl.arange(0, 2 * BLOCK_N)
     first_half = offs_n < BLOCK_N
     offs_in_block = offs_n % BLOCK_N
@@ -134,7 +144,8 @@ def _attend_block_pairs(
         # Per-column scales; each product is the one the one-block path forms, so scores match it exactly.
         score_scale = tl.where(first_half, q_scale * tl.load(k_scale_head_ptr + kb_a), q_scale * scale_b)
         acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, score_scale[None, :], k_ptrs, v_ptrs, k_rows, q_rows, n_q,
-                                     n_k, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, MASKED, PV_FP8, FP8_SOFTWARE_ROUNDING)
+                                     n_valid, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, MASKED, PV_FP8,
+                                     FP8_SOFTWARE_ROUNDING)
     return acc, m_i, l_i
 
 
@@ -148,7 +159,7 @@ UNSPECIALIZED = [
 @triton.jit(do_not_specialize=UNSPECIALIZED)
 def attention_kernel(
     q_int8_ptr, q_scale_ptr, k_int8_ptr, k_scale_ptr, v_ptr, v_fp8_ptr, v_scale_ptr, counts_ptr, indices_ptr,
-    row_shift_ptr,
+    row_shift_ptr, kv_lens_ptr,
     n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
@@ -156,9 +167,10 @@ def attention_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr, SHIFT_LSE: tl.constexpr, STRIDE_ALIGN: tl.constexpr,
     KEY_BLOCKS_PER_STEP: tl.constexpr, PV_FP8: tl.constexpr, FP8_SOFTWARE_ROUNDING: tl.constexpr,
+    HAS_KV_LENS: tl.constexpr,
 ):
     """v_fp8_ptr / v_scale_ptr: V^T in e4m3 per key block and its per-channel scales (quantize_v), read only when
-    PV_FP8; v_ptr is read only without it."""
+    PV_FP8; v_ptr is read only without it. kv_lens_ptr: valid keys per batch row, read only with HAS_KV_LENS."""
     stride_vb, stride_vh, stride_vn = _aligned(stride_vb, stride_vh, stride_vn, STRIDE_ALIGN)
     stride_ob, stride_oh, stride_on = _aligned(stride_ob, stride_oh, stride_on, STRIDE_ALIGN)
     n_qb = tl.cdiv(n_q, BLOCK_M)
@@ -169,6 +181,7 @@ def attention_kernel(
     b = bh // heads_q
     h = bh % heads_q
     kv_bh = b * (heads_q // kv_group) + h // kv_group
+    n_valid = _valid_keys(kv_lens_ptr, b, n_k, HAS_KV_LENS)
 
     list_row = (b * list_stride_b + h * list_stride_h).to(tl.int64) * n_qb + qb
     n_live = tl.load(counts_ptr + list_row * 2)
@@ -194,12 +207,12 @@ def attention_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     if KEY_BLOCKS_PER_STEP == 1:
         acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
-                                       v_fp8_head_ptr, indices_row_ptr, 0, n_full, q_rows, n_q, n_k, stride_vn,
-                                       BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, False, PV_FP8,
+                                       v_fp8_head_ptr, indices_row_ptr, 0, n_full, q_rows, n_q, n_k, n_valid,
+                                       stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, False, PV_FP8,
                                        FP8_SOFTWARE_ROUNDING)
         acc, m_i, l_i = _attend_blocks(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
-                                       v_fp8_head_ptr, indices_row_ptr, n_full, n_live, q_rows, n_q, n_k, stride_vn,
-                                       BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, True, PV_FP8,
+                                       v_fp8_head_ptr, indices_row_ptr, n_full, n_live, q_rows, n_q, n_k, n_valid,
+                                       stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, True, PV_FP8,
                                        FP8_SOFTWARE_ROUNDING)
     else:
         # Unmasked pairs up to the last even full entry; an odd full block joins the masked steps (its mask is
@@ -207,12 +220,12 @@ def attention_kernel(
         n_full_even = n_full - n_full % 2
         acc, m_i, l_i = _attend_block_pairs(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
                                             v_fp8_head_ptr, indices_row_ptr, 0, n_full_even, q_rows, n_q, n_k,
-                                            stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, False, PV_FP8,
-                                            FP8_SOFTWARE_ROUNDING)
+                                            n_valid, stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, False,
+                                            PV_FP8, FP8_SOFTWARE_ROUNDING)
         acc, m_i, l_i = _attend_block_pairs(acc, m_i, l_i, q, q_scale, k_head_ptr, k_scale_head_ptr, v_head_ptr,
                                             v_fp8_head_ptr, indices_row_ptr, n_full_even, n_live, q_rows, n_q, n_k,
-                                            stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, True, PV_FP8,
-                                            FP8_SOFTWARE_ROUNDING)
+                                            n_valid, stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, IS_CAUSAL, True,
+                                            PV_FP8, FP8_SOFTWARE_ROUNDING)
 
     if PV_FP8:  # undo both static scales: P's, and V's per channel
         acc = acc * (tl.load(v_scale_ptr + kv_bh.to(tl.int64) * HEAD_DIM_PAD + offs_d) * (1.0 / P_FP8_SCALE))[None, :]

@@ -297,7 +297,7 @@ def _loader(k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_k, n_kb, k_
 @gluon.jit(do_not_specialize=UNSPECIALIZED)
 def attention_sm90_kernel(
     q_int8_ptr, q_scale_ptr, k_int8_ptr, k_scale_ptr, v_ptr, v_fp8_ptr, v_scale_ptr, counts_ptr, indices_ptr,
-    row_shift_ptr,
+    row_shift_ptr, kv_lens_ptr,
     n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
@@ -305,6 +305,7 @@ def attention_sm90_kernel(
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HEAD_DIM_PAD: gl.constexpr,
     IS_CAUSAL: gl.constexpr, RETURN_LSE: gl.constexpr, SHIFT_LSE: gl.constexpr, STRIDE_ALIGN: gl.constexpr,
     KEY_BLOCKS_PER_STEP: gl.constexpr, PV_FP8: gl.constexpr, FP8_SOFTWARE_ROUNDING: gl.constexpr,
+    HAS_KV_LENS: gl.constexpr,
 ):
     """attention_kernel's contract (kernel.py). v_fp8_ptr / v_scale_ptr are never read (PV_FP8 is refused)."""
     gl.static_assert(not PV_FP8, "attention_sm90_kernel: PV_FP8 is not supported (use the triton variant)")
@@ -331,6 +332,11 @@ def attention_sm90_kernel(
     b = bh // heads_q
     h = bh % heads_q
     kv_bh = b * (heads_q // kv_group) + h // kv_group
+    # the keys that exist (kv_lens.py): the key mask and the causal rule use them, the layout keeps n_k
+    if HAS_KV_LENS:
+        n_valid = gl.minimum(gl.maximum(gl.load(kv_lens_ptr + b), 0), n_k)
+    else:
+        n_valid = n_k
 
     list_row = (b * list_stride_b + h * list_stride_h).to(gl.int64) * n_qb + qb
     n_live = gl.load(counts_ptr + list_row * 2)
@@ -373,21 +379,21 @@ def attention_sm90_kernel(
         fence_async_shared()  # Q's st.shared and the barrier inits before any async-proxy use
         gl.warp_specialize([
             (_consumer, (q0_smem, k_bufs, v_bufs, ready, empty, indices_row_ptr, k_scale_head_ptr, q_scale, n_live,
-                         n_full, qb * BLOCK_M, n_q, n_k, n_kb, out_tile_ptr, stride_on, lse_row_ptr, shift_row_ptr,
+                         n_full, qb * BLOCK_M, n_q, n_valid, n_kb, out_tile_ptr, stride_on, lse_row_ptr, shift_row_ptr,
                          BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, IS_CAUSAL, RETURN_LSE, SHIFT_LSE, STRIDE_ALIGN)),
             (_consumer, (q1_smem, k_bufs, v_bufs, ready, empty, indices_row_ptr, k_scale_head_ptr, q_scale, n_live,
-                         n_full, qb * BLOCK_M + BM_WG, n_q, n_k, n_kb, out_tile_ptr + BM_WG * stride_on_el,
+                         n_full, qb * BLOCK_M + BM_WG, n_q, n_valid, n_kb, out_tile_ptr + BM_WG * stride_on_el,
                          stride_on, lse_row_ptr, shift_row_ptr, BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, IS_CAUSAL,
                          RETURN_LSE, SHIFT_LSE, STRIDE_ALIGN)),
-            (_loader, (k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_k, n_kb, k_head_ptr, v_head_ptr,
+            (_loader, (k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_valid, n_kb, k_head_ptr, v_head_ptr,
                        stride_vn, BLOCK_N, KB, HEAD_DIM, _STAGES, V_ASYNC, _V_CHUNK, STRIDE_ALIGN)),
         ], [4, _LOADER_WARPS], [_CONSUMER_REGS, _LOADER_REGS])
     else:
         fence_async_shared()
         gl.warp_specialize([
             (_consumer, (q0_smem, k_bufs, v_bufs, ready, empty, indices_row_ptr, k_scale_head_ptr, q_scale, n_live,
-                         n_full, qb * BLOCK_M, n_q, n_k, n_kb, out_tile_ptr, stride_on, lse_row_ptr, shift_row_ptr,
+                         n_full, qb * BLOCK_M, n_q, n_valid, n_kb, out_tile_ptr, stride_on, lse_row_ptr, shift_row_ptr,
                          BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, IS_CAUSAL, RETURN_LSE, SHIFT_LSE, STRIDE_ALIGN)),
-            (_loader, (k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_k, n_kb, k_head_ptr, v_head_ptr,
+            (_loader, (k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_valid, n_kb, k_head_ptr, v_head_ptr,
                        stride_vn, BLOCK_N, KB, HEAD_DIM, _STAGES, V_ASYNC, _V_CHUNK, STRIDE_ALIGN)),
         ], [_LOADER_WARPS], [_LOADER_REGS])

@@ -8,14 +8,17 @@ Integer arithmetic here also accepts torch SymInts: nothing branches on a sequen
 so `torch.compile(dynamic=True)` does not recompile per length.
 """
 import math
+from dataclasses import replace
 
 from .. import configs
 from ..contract import (BLOCK_M, BLOCK_N, FLOAT_DTYPES, FP8_MIN_CAPABILITY, LAYOUTS, LOG2E, MASK_DTYPES,
                         MAX_HEAD_DIM, PV_DTYPES, bhnd_shape, cdiv, layout_axes)
 from ..launch import ArrayDesc, Buffer, Launch, Plan, Ref, contiguous_strides, flat, next_pow2
 from . import kernel_sm90
+from .combine import combine_kernel
 from .kernel import attention_kernel
 from .prepare import quantize_kernel, sums_and_lists_kernel
+from .split_kv import split_kv_kernel
 
 # The attention kernel variants a table entry may name (configs.AttentionConfig.kernel): each kernel, and what
 # says why it refuses a call, (capability, head_dim, head_dim_pad, pv_dtype) -> reasons. The plain Triton
@@ -79,7 +82,7 @@ def choose_attention(candidates, capability, head_dim, head_dim_pad, pv_dtype):
 
 
 def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tensor_layout, sm_scale,
-             smooth_k, return_lse, pv_dtype="fp16"):
+             smooth_k, return_lse, pv_dtype="fp16", kv_lens: ArrayDesc | None = None):
     """Raise ValueError/TypeError naming the argument for anything the kernels do not support."""
     if tensor_layout not in LAYOUTS:
         raise ValueError(f"sparse_sageattn: tensor_layout must be 'HND' or 'NHD', got {tensor_layout!r}")
@@ -153,17 +156,34 @@ def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tenso
         if mask_id.device != q.device:
             raise ValueError(f"sparse_sageattn: mask_id must be on q's device {q.device}, got {mask_id.device}")
         _mask_strides(mask_id, (q.shape[b_axis], heads_q, cdiv(n_q, BLOCK_M), cdiv(n_k, BLOCK_N)))
+    if kv_lens is not None:
+        if kv_lens.dtype != "int32":
+            raise TypeError(f"sparse_sageattn: kv_lens must be an int32 array (valid keys per batch row), got "
+                            f"{kv_lens.dtype}")
+        if tuple(kv_lens.shape) != (q.shape[b_axis],):
+            raise ValueError(f"sparse_sageattn: kv_lens must have shape (B,) = ({q.shape[b_axis]},), got "
+                             f"{tuple(kv_lens.shape)}")
+        if q.shape[b_axis] > 1 and kv_lens.strides[0] != 1:
+            raise ValueError(f"sparse_sageattn: kv_lens must be contiguous, got stride {kv_lens.strides[0]}")
+        if kv_lens.device != q.device:
+            raise ValueError(f"sparse_sageattn: kv_lens must be on q's device {q.device}, got {kv_lens.device}")
 
 
 def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | None = None, is_causal=False,
               tensor_layout="HND", sm_scale=None, smooth_k=True, return_lse=False, capability=None, *,
-              pv_dtype="fp16", attention_override=None) -> Plan:
-    """Validate and resolve one sparse_sageattn call. `capability`: (major, minor) of the GPU, None = interpreter.
+              pv_dtype="fp16", kv_lens: ArrayDesc | None = None, num_sms=None, attention_override=None,
+              split_kv_override=None) -> Plan:
+    """Validate and resolve one sparse_sageattn call. `capability`: (major, minor) of the GPU, None = interpreter;
+    `num_sms`: its SM count (None: configs.INTERPRETER_SMS), which sizes the split-KV grid.
 
-    attention_override: fields replacing the table's attention entry (configs.lookup); for benchmarks and tests
-    of a variant, never passed by the frontends.
+    kv_lens: int32 (B,), valid keys per batch row (keys at or past it never contribute; causal aligns to it).
+    Calls of at most configs.SPLIT_KV_MAX_QUERIES queries a head in the fp16 P.V mode take the split-KV kernel
+    (split_kv.py), the others the table's attention kernel.
+    attention_override: fields replacing the table's attention entry (configs.lookup); split_kv_override:
+    fields of configs.SplitKVConfig and "splits" (the split count), forcing the split-KV kernel. For
+    benchmarks and tests of a variant, never passed by the frontends.
     """
-    validate(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype)
+    validate(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype, kv_lens)
     pv_fp8 = pv_dtype == "fp8"
     if pv_fp8 and capability is not None and tuple(capability) < FP8_MIN_CAPABILITY:
         raise ValueError(f"sparse_sageattn: pv_dtype='fp8' needs FP8 tensor cores (compute capability 8.9 or newer: "
@@ -204,37 +224,32 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
     blocks = dict(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
 
     # Block lists: one per (batch, head) the mask distinguishes; a mask broadcast over heads shares one list.
-    mask_ref, mask_strides, list_b, list_h = Ref("q"), (0, 0, 0, 0), 1, 1  # no mask: q is an unread pointer
+    # kv_lens gives each batch row its own lists. An array a call lacks is bound to q, never read.
+    mask_ref, mask_strides, list_b, list_h = Ref("q"), (0, 0, 0, 0), 1, 1
     if mask_id is not None:
         mask_shape, mask_strides = _mask_strides(mask_id, (batch, heads_q, n_qb, n_kb))
         mask_ref = Ref("mask_id")
         list_b = batch if mask_shape[0] != 1 else 1
         list_h = heads_q if mask_shape[1] != 1 else 1
+    if kv_lens is not None:
+        list_b = batch
+    lengths = dict(kv_lens_ptr=Ref("kv_lens" if kv_lens is not None else "q"), HAS_KV_LENS=kv_lens is not None)
     n_chunks = cdiv(n_k, configs.ROWS_PER_CHUNK)
     chunk_programs = batch * heads_kv * n_chunks if smooth_k or pv_fp8 else 0
     # A buffer its mode does not use is neither written nor read: a one-element slot.
     chunk_partials = flat(batch * heads_kv, n_chunks, head_dim_pad)
     shift_lse = smooth_k and return_lse
-    buffers = {
+    shared = {
         "k_channel_sums": Buffer(chunk_partials if smooth_k else (1,), "float32"),
         "v_channel_amax": Buffer(chunk_partials if pv_fp8 else (1,), "float32"),
         "block_counts": Buffer(flat(list_b * list_h, n_qb, 2), "int32"),
         "block_indices": Buffer(flat(list_b * list_h, n_qb, n_kb), "int32"),
-        "q_int8": Buffer(flat(batch * heads_q, n_qb * BLOCK_M, head_dim), "int8"),
-        "q_scale": Buffer(flat(batch * heads_q, n_qb), "float32"),
-        "q_row_shift": Buffer(flat(batch * heads_q, n_qb * BLOCK_M) if shift_lse else (1,), "float32"),
-        "k_int8": Buffer(flat(batch * heads_kv, n_kb * BLOCK_N, head_dim), "int8"),
-        "k_scale": Buffer(flat(batch * heads_kv, n_kb), "float32"),
-        "v_fp8": Buffer(flat(batch * heads_kv, n_kb * BLOCK_N, head_dim) if pv_fp8 else (1,), "uint8"),
-        "v_scale": Buffer(flat(batch * heads_kv, head_dim_pad) if pv_fp8 else (1,), "float32"),
-        "v_fp16": Buffer(flat(*v_fp16_shape) if v_to_fp16 else (1,), "float16"),
         "out": Buffer(out_shape, q.dtype),
         "lse": Buffer(lse_shape, "float32"),
     }
-
     sums_and_lists = Launch(
         "sums_and_lists", sums_and_lists_kernel, (chunk_programs + list_b * list_h * n_qb,),
-        dict(k_ptr=Ref("k"), v_ptr=Ref("v"), mask_ptr=mask_ref,
+        dict(k_ptr=Ref("k"), v_ptr=Ref("v"), mask_ptr=mask_ref, **lengths,
              n_q=n_q, n_k=n_k, heads_kv=heads_kv, list_heads=list_h, chunk_programs=chunk_programs,
              **strides("k", k_strides), **strides("v", v_strides),
              **{f"stride_m{axis}": s for axis, s in zip("bhqk", mask_strides)},
@@ -245,11 +260,66 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         ("k_channel_sums", "v_channel_amax", "block_counts", "block_indices"),
         cfg.sums_and_lists.num_warps, cfg.sums_and_lists.num_stages)
 
+    if split_kv_override is not None or (
+            not pv_fp8 and attention_override is None and n_q <= configs.SPLIT_KV_MAX_QUERIES):
+        if pv_fp8 or n_q > BLOCK_M:
+            raise ValueError("split_kv_override: the split-KV kernel takes fp16 P.V and at most 128 queries")
+        split_cfg = replace(cfg.split_kv, **{f: v for f, v in (split_kv_override or {}).items() if f != "splits"})
+        # Heads share a tile when they share a block list, as many of the kv group as fit 128 rows.
+        heads_per_program = max((g for g in range(1, min(kv_group, 16) + 1)
+                                 if kv_group % g == 0 and g * n_q <= BLOCK_M), default=1) if list_h == 1 else 1
+        block_rows = 16  # tl.dot's smallest M
+        while block_rows < heads_per_program * n_q:
+            block_rows *= 2
+        programs = batch * heads_kv * (kv_group // heads_per_program)
+        sms = configs.INTERPRETER_SMS if num_sms is None else num_sms
+        splits = (split_kv_override or {}).get("splits") or min(
+            split_cfg.max_splits, n_kb, max(1, cdiv(sms * split_cfg.programs_per_sm, programs)))
+        partial_rows = batch * heads_q * splits * n_q
+        split_buffers = {
+            "partial_out": Buffer(flat(partial_rows, head_dim) if splits > 1 else (1,), "float32"),
+            "partial_lse": Buffer((partial_rows,) if splits > 1 else (1,), "float32"),
+        }
+        split_kv = Launch(
+            "split_kv", split_kv_kernel, (programs * splits,),
+            dict(q_ptr=Ref("q"), k_ptr=Ref("k"), v_ptr=Ref("v"), partial_sums_ptr=Ref("k_channel_sums"),
+                 counts_ptr=Ref("block_counts"), indices_ptr=Ref("block_indices"), **lengths,
+                 q_pre_scale=float(sm_scale) * LOG2E, n_q=n_q, n_k=n_k, heads_q=heads_q, kv_group=kv_group,
+                 list_stride_b=list_h if list_b != 1 else 0, list_stride_h=1 if list_h != 1 else 0,
+                 **strides("q", q_strides), **strides("k", k_strides), **strides("v", v_strides),
+                 **strides("o", out_strides), out_ptr=Ref("out"), lse_ptr=Ref("lse"),
+                 partial_out_ptr=Ref("partial_out"), partial_lse_ptr=Ref("partial_lse"),
+                 BLOCK_ROWS=block_rows, BLOCK_N=BLOCK_N, HEADS_PER_PROGRAM=heads_per_program, SPLITS=splits,
+                 ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SMOOTH_K=smooth_k, IS_CAUSAL=is_causal,
+                 RETURN_LSE=return_lse, SHIFT_LSE=shift_lse, **dims),
+            ("out", "lse", "partial_out", "partial_lse"), split_cfg.num_warps, split_cfg.num_stages)
+        if splits == 1:
+            return Plan({**shared, **split_buffers}, (sums_and_lists, split_kv), OUTPUTS)
+        combine = Launch(
+            "combine", combine_kernel, (batch * heads_q * n_q,),
+            dict(partial_out_ptr=Ref("partial_out"), partial_lse_ptr=Ref("partial_lse"), n_rows=n_q,
+                 heads=heads_q, **strides("o", out_strides), out_ptr=Ref("out"), lse_ptr=Ref("lse"),
+                 SPLITS=splits, SPLITS_PAD=next_pow2(splits), RETURN_LSE=return_lse, **dims),
+            ("out", "lse"), cfg.combine.num_warps, cfg.combine.num_stages)
+        return Plan({**shared, **split_buffers}, (sums_and_lists, split_kv, combine), OUTPUTS)
+
+    buffers = {
+        **shared,
+        "q_int8": Buffer(flat(batch * heads_q, n_qb * BLOCK_M, head_dim), "int8"),
+        "q_scale": Buffer(flat(batch * heads_q, n_qb), "float32"),
+        "q_row_shift": Buffer(flat(batch * heads_q, n_qb * BLOCK_M) if shift_lse else (1,), "float32"),
+        "k_int8": Buffer(flat(batch * heads_kv, n_kb * BLOCK_N, head_dim), "int8"),
+        "k_scale": Buffer(flat(batch * heads_kv, n_kb), "float32"),
+        "v_fp8": Buffer(flat(batch * heads_kv, n_kb * BLOCK_N, head_dim) if pv_fp8 else (1,), "uint8"),
+        "v_scale": Buffer(flat(batch * heads_kv, head_dim_pad) if pv_fp8 else (1,), "float32"),
+        "v_fp16": Buffer(flat(*v_fp16_shape) if v_to_fp16 else (1,), "float16"),
+    }
+
     k_programs, q_programs = batch * heads_kv * n_kb, batch * heads_q * n_qb
     quantize = Launch(
         "quantize", quantize_kernel, (k_programs + q_programs + (k_programs if pv_fp8 or v_to_fp16 else 0),),
         dict(q_ptr=Ref("q"), k_ptr=Ref("k"), v_ptr=Ref("v"), partial_sums_ptr=Ref("k_channel_sums"),
-             partial_amax_ptr=Ref("v_channel_amax"),
+             partial_amax_ptr=Ref("v_channel_amax"), **lengths,
              q_pre_scale=float(sm_scale) * LOG2E, n_q=n_q, n_k=n_k, heads_q=heads_q, heads_kv=heads_kv,
              k_programs=k_programs, q_programs=q_programs,
              **strides("q", q_strides), **strides("k", k_strides), **strides("v", v_strides),
@@ -267,7 +337,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
              k_scale_ptr=Ref("k_scale"), v_ptr=Ref("v_fp16" if v_to_fp16 else "v"), v_fp8_ptr=Ref("v_fp8"),
              v_scale_ptr=Ref("v_scale"),
              counts_ptr=Ref("block_counts"), indices_ptr=Ref("block_indices"), row_shift_ptr=Ref("q_row_shift"),
-             n_q=n_q, n_k=n_k, heads_q=heads_q, kv_group=kv_group,
+             **lengths, n_q=n_q, n_k=n_k, heads_q=heads_q, kv_group=kv_group,
              list_stride_b=list_h if list_b != 1 else 0, list_stride_h=1 if list_h != 1 else 0,
              **strides("v", v_fp16_strides if v_to_fp16 else v_strides), **strides("o", out_strides),
              out_ptr=Ref("out"), lse_ptr=Ref("lse"),

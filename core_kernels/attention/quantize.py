@@ -15,6 +15,7 @@ Strides reaching them are in elements, already multiplied back by `_aligned`.
 """
 import triton
 import triton.language as tl
+from triton import knobs
 
 from .fp8 import E4M3_MAX, to_e4m3
 
@@ -51,15 +52,16 @@ def _channel_reduce(
 
 
 @triton.jit
-def _channel_mean(partial_sums_ptr, mean_bh, n_mean_rows, ROWS_PER_CHUNK: tl.constexpr, HEAD_DIM_PAD: tl.constexpr):
-    """Mean over n_mean_rows of one (batch, kv head), from _channel_reduce's partial sums, in chunk order."""
-    n_chunks = tl.cdiv(n_mean_rows, ROWS_PER_CHUNK)
+def _channel_mean(partial_sums_ptr, mean_bh, n_chunks, n_mean_rows, ROWS_PER_CHUNK: tl.constexpr,
+                  HEAD_DIM_PAD: tl.constexpr):
+    """Mean over the first n_mean_rows keys of one (batch, kv head), from _channel_reduce's partial sums (n_chunks
+    a row), summed in chunk order: the same value in every kernel that asks."""
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     row_ptr = partial_sums_ptr + mean_bh.to(tl.int64) * n_chunks * HEAD_DIM_PAD
     total = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-    for c in range(0, n_chunks):
+    for c in range(0, tl.cdiv(n_mean_rows, ROWS_PER_CHUNK)):
         total += tl.load(row_ptr + c * HEAD_DIM_PAD + offs_d)
-    # n_mean_rows == 0 happens only with an empty key sequence; the mean is then unused, keep it finite.
+    # n_mean_rows == 0 only when no key is valid; the mean is then unused, keep it finite.
     return total / tl.maximum(n_mean_rows, 1).to(tl.float32)
 
 
@@ -77,17 +79,53 @@ def _load_block(x_ptr, b, h, blk, n_rows, stride_b, stride_h, stride_n, BLOCK_RO
     return x, rows, valid
 
 
+# The interpreter runs tl.reduce with a custom combine element by element (minutes for one quantize launch), so
+# there _abs_max forms the same value from tl.max, which drops NaNs, and a NaN count.
+_INTERPRETED = tl.constexpr(knobs.runtime.interpret)
+
+
+@triton.jit
+def _max_propagating_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _abs_max(x, axis=None):
+    """max |x| (over `axis`, or all of x), NaN if any element is NaN: a NaN must make its block's scale NaN so that
+    it reaches the output (a plain max drops NaNs on the GPU)."""
+    if _INTERPRETED:
+        return tl.where(tl.sum((x != x).to(tl.int32), axis) > 0, float("nan"), tl.max(tl.abs(x), axis))
+    elif axis is None:
+        return tl.reduce(tl.reduce(tl.abs(x), 1, _max_propagating_nan), 0, _max_propagating_nan)
+    else:
+        return tl.reduce(tl.abs(x), axis, _max_propagating_nan)
+
+
+@triton.jit
+def _to_int8(x, amax):
+    """x -> (int8, scale) given its block's _abs_max (a scalar, or a tensor broadcasting to x's rows when blocks
+    are row groups): scale = amax / 127, round half away from zero, an all-zero block quantizes to 0 (never 0/0).
+    A block whose amax is NaN or inf gets that scale, which carries it to the output; its int8 values (of
+    0 * x) are then never used."""
+    inv_scale = tl.where(amax > 0.0, 127.0 / amax, 0.0)
+    scaled = x * inv_scale
+    # + or - 0.5 by the sign bit of `scaled` (-0.0 rounds to 0 either way), then truncation
+    half = ((scaled.to(tl.int32, bitcast=True) & -2147483648) | 0x3F000000).to(tl.float32, bitcast=True)
+    return (scaled + half).to(tl.int8), amax / 127.0
+
+
 @triton.jit
 def _quantize_block(
-    x_ptr, partial_sums_ptr, pre_scale, bh, blk, n_blocks, n_rows, n_mean_rows, heads, mean_head_group,
+    x_ptr, partial_sums_ptr, pre_scale, bh, blk, n_blocks, n_rows, n_chunks, n_mean_rows, heads, mean_head_group,
     stride_b, stride_h, stride_n, x_int8_ptr, x_scale_ptr, row_shift_ptr,
     BLOCK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     ROWS_PER_CHUNK: tl.constexpr, SUBTRACT_MEAN: tl.constexpr, WRITE_ROW_SHIFT: tl.constexpr,
 ):
     """x[b, h, rows of block] * pre_scale (- mean) -> int8 [B*H, n_blocks*BLOCK_ROWS, HEAD_DIM] + fp32 scale.
 
-    The mean is the one of kv head h // mean_head_group (1 for K itself, the GQA group size for Q).
-    Rows past n_rows are written as zeros so the attention kernel loads whole blocks without a mask.
+    The mean is the one of kv head h // mean_head_group (1 for K itself, the GQA group size for Q), over its
+    n_mean_rows valid keys. Rows past n_rows are written as zeros so the attention kernel loads whole blocks
+    without a mask.
     """
     b = bh // heads
     h = bh % heads
@@ -99,21 +137,14 @@ def _quantize_block(
     x = x * tl.cast(pre_scale, tl.float32)  # jax-triton passes Python floats as fp64
     if SUBTRACT_MEAN or WRITE_ROW_SHIFT:
         mean_bh = b * (heads // mean_head_group) + h // mean_head_group
-        mean = _channel_mean(partial_sums_ptr, mean_bh, n_mean_rows, ROWS_PER_CHUNK, HEAD_DIM_PAD)
+        mean = _channel_mean(partial_sums_ptr, mean_bh, n_chunks, n_mean_rows, ROWS_PER_CHUNK, HEAD_DIM_PAD)
         if SUBTRACT_MEAN:
             x = tl.where(valid, x - mean[None, :], 0.0)
         if WRITE_ROW_SHIFT:
             # (pre_scale * q) . mean: what smoothing K removed from each logit, added back to the lse.
             row_shift = tl.sum(x * mean[None, :], axis=1)
             tl.store(row_shift_ptr + bh.to(tl.int64) * n_blocks * BLOCK_ROWS + rows, row_shift)
-    amax = tl.max(tl.abs(x))
-    # tl.max ignores NaN on the GPU; count NaNs so that they reach the output instead of vanishing.
-    n_nan = tl.sum((x != x).to(tl.int32))
-    inv_scale = tl.where(amax > 0.0, 127.0 / amax, 0.0)  # an all-zero block quantizes to 0, never 0/0
-    scaled = x * inv_scale
-    scaled = tl.where(scaled == scaled, scaled, 0.0)
-    x_int8 = (scaled + tl.where(scaled >= 0.0, 0.5, -0.5)).to(tl.int8)  # round half away from zero
-    scale = tl.where(n_nan > 0, float("nan"), amax / 127.0)
+    x_int8, scale = _to_int8(x, _abs_max(x))
     out_ptr = x_int8_ptr + (bh.to(tl.int64) * n_blocks + blk) * (BLOCK_ROWS * HEAD_DIM)
     tl.store(out_ptr + offs_r[:, None] * HEAD_DIM + offs_d[None, :], x_int8, mask=d_valid[None, :])
     tl.store(x_scale_ptr + bh.to(tl.int64) * n_blocks + blk, scale)
@@ -121,24 +152,25 @@ def _quantize_block(
 
 @triton.jit
 def _quantize_v_block(
-    v_ptr, partial_amax_ptr, bh, blk, n_blocks, n_rows, heads, stride_b, stride_h, stride_n, v_fp8_ptr, v_scale_ptr,
+    v_ptr, partial_amax_ptr, bh, blk, n_blocks, n_rows, n_chunks, heads, stride_b, stride_h, stride_n, v_fp8_ptr,
+    v_scale_ptr,
     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, ROWS_PER_CHUNK: tl.constexpr,
     FP8_SOFTWARE_ROUNDING: tl.constexpr,
 ):
     """V[b, h, keys of block] -> e4m3 bits of V^T (HEAD_DIM x BLOCK_N, keys contiguous) at block blk of
     [B*H, n_blocks, HEAD_DIM, BLOCK_N]; block 0 also writes the dequantization scales max|V[:, d]| / 448.
 
-    Keys past n_rows are written as zeros; a channel that is all zeros gets scale 0 (never 0/0).
+    Keys past n_rows (the valid ones) are written as zeros; a channel that is all zeros gets scale 0 (never 0/0).
+    n_chunks: the row length of the partial maxima.
     """
     x, _, _ = _load_block(v_ptr, bh // heads, bh % heads, blk, n_rows, stride_b, stride_h, stride_n, BLOCK_N,
                           HEAD_DIM, HEAD_DIM_PAD)
     offs_r = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     d_valid = offs_d < HEAD_DIM
-    n_chunks = tl.cdiv(n_rows, ROWS_PER_CHUNK)
     amax_row_ptr = partial_amax_ptr + bh.to(tl.int64) * n_chunks * HEAD_DIM_PAD
     amax = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-    for c in range(0, n_chunks):
+    for c in range(0, tl.cdiv(n_rows, ROWS_PER_CHUNK)):
         amax = tl.maximum(amax, tl.load(amax_row_ptr + c * HEAD_DIM_PAD + offs_d))
     inv_scale = tl.where(amax > 0.0, E4M3_MAX / amax, 0.0)
     x_fp8 = to_e4m3(x * inv_scale[None, :], FP8_SOFTWARE_ROUNDING)

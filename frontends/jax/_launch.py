@@ -24,6 +24,7 @@ from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, contiguous_stri
 from . import _gluon
 
 CAPABILITY_ENV = "SPARSE_SAGEATTN_COMPUTE_CAPABILITY"
+SM_COUNT_ENV = "SPARSE_SAGEATTN_SM_COUNT"
 
 
 def describe(x) -> ArrayDesc:
@@ -48,6 +49,22 @@ def compute_capability():
 def _device_capability():
     major, minor = jax.devices("gpu")[0].compute_capability.split(".")
     return int(major), int(minor)
+
+
+def sm_count():
+    """The SM count to size grids for: SPARSE_SAGEATTN_SM_COUNT, or the first GPU's (set both environment
+    variables to lower for CUDA where there is no GPU)."""
+    value = os.environ.get(SM_COUNT_ENV)
+    if not value:
+        return _device_sm_count()
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"sparse_sageattn: {SM_COUNT_ENV} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_sm_count():
+    return jax.devices("gpu")[0].core_count
 
 
 def _import_jax_triton():
@@ -96,21 +113,22 @@ def fold_batch(x, batched, axis_size):
     return x.reshape((axis_size * x.shape[1],) + x.shape[2:])
 
 
-def fold_all(axis_size, in_batched, *arrays):
+def fold_all(names, axis_size, in_batched, *arrays):
     """The default fold rule: every array's batch axis absorbs the mapped axis."""
     return [fold_batch(x, b, axis_size) for x, b in zip(arrays, in_batched)]
 
 
 class PlanOp:
-    """An op made of `plan_fn(descs, options, capability) -> Plan`: descs maps the op's array names (the
-    leading ones of `array_names`, as many as are passed: trailing optional arrays may be absent) to
-    ArrayDescs; options is a hashable of the static arguments.
+    """An op made of `plan_fn(descs, options, capability) -> Plan`: descs maps the names of the arrays a call
+    passes (some of `array_names`: optional ones may be absent) to ArrayDescs; options is a hashable of the
+    static arguments.
 
-    `op(arrays, options)` returns the first `n_returned(options)` of the plan's outputs (default: all) as a
-    tuple; call it inside jax.jit with `options` static. default_impl(*arrays, options) is the non-CUDA path,
-    returning those outputs; fold(axis_size, in_batched, *arrays) returns the arrays with the vmapped axis
-    merged into their batch axis (default fold_all), and the outputs' batch axis is split back; no_grad: the
-    message jax.grad raises, or None when the caller stops gradients itself.
+    `op(arrays, options)`, arrays a dict name -> array, returns the first
+    `n_returned(options)` of the plan's outputs (default: all) as a tuple; call it inside jax.jit with `options`
+    static. default_impl(*arrays, names=..., options=...) is the non-CUDA path, returning those outputs;
+    fold(names, axis_size, in_batched, *arrays) returns the arrays with the vmapped axis merged into their batch
+    axis (default fold_all), and the outputs' batch axis is split back; no_grad: the message jax.grad raises, or
+    None when the caller stops gradients itself.
     """
 
     def __init__(self, name, array_names, plan_fn, default_impl, fold=fold_all, no_grad=None, n_returned=None):
@@ -125,39 +143,43 @@ class PlanOp:
         self.primitive.def_abstract_eval(self._abstract_eval)
         mlir.register_lowering(self.primitive, self._lower, platform="cuda")
 
-    def plan(self, arrays, options, capability=None):
-        return self.plan_fn({n: describe(x) for n, x in zip(self.array_names, arrays)}, options, capability)
+    def plan(self, names, arrays, options, capability=None):
+        return self.plan_fn({n: describe(x) for n, x in zip(names, arrays)}, options, capability)
 
-    def _abstract_eval(self, *avals, options):
-        plan = self.plan(avals, options)
+    def _abstract_eval(self, *avals, names, options):
+        plan = self.plan(names, avals, options)
         return [jax.core.ShapedArray(plan.buffers[n].shape, jnp.dtype(plan.buffers[n].dtype)) for n in plan.outputs]
 
-    def _lower(self, ctx, *args, options):
+    def _lower(self, ctx, *args, names, options):
         def launch_kernels(*arrays):
             capability = compute_capability()
-            plan = self.plan(arrays, options, capability)
-            env = triton_calls(plan, dict(zip(self.array_names, arrays)), capability)
+            plan = self.plan(names, arrays, options, capability)
+            env = triton_calls(plan, dict(zip(names, arrays)), capability)
             return [env[n] for n in plan.outputs]
 
         return mlir.lower_fun(launch_kernels, multiple_results=True)(ctx, *args)
 
-    def __call__(self, arrays, options):
-        plan = self.plan(arrays, options)
+    def __call__(self, arrays: dict, options):
+        if not set(arrays) <= set(self.array_names):
+            raise ValueError(f"{self.primitive.name}: arrays must be some of {self.array_names}, got {tuple(arrays)}")
+        names = tuple(n for n in self.array_names if n in arrays)  # jit hands a dict over with its keys sorted
+        values = tuple(arrays[n] for n in names)
+        plan = self.plan(names, values, options)
         returned = plan.outputs[:self.n_returned(options)] if self.n_returned else plan.outputs
         if not plan.launches:  # an empty problem: the filled outputs, nothing to compute
             return tuple(jnp.full(plan.buffers[n].shape, plan.buffers[n].fill, jnp.dtype(plan.buffers[n].dtype))
                          for n in returned)
-        return self._batched(options, len(returned))(*arrays)
+        return self._batched(names, options, len(returned))(*values)
 
     @functools.lru_cache(maxsize=None)
-    def _batched(self, options, n_returned):
-        """f(*arrays) -> the returned outputs for one options value: backend choice, vmap folding, grad rule."""
+    def _batched(self, names, options, n_returned):
+        """f(*arrays) -> the returned outputs for one (names, options): backend choice, vmap folding, grad rule."""
 
         def kernels(*arrays):
-            return tuple(self.primitive.bind(*arrays, options=options)[:n_returned])
+            return tuple(self.primitive.bind(*arrays, names=names, options=options)[:n_returned])
 
         def default(*arrays):
-            return tuple(self.default_impl(*arrays, options=options))
+            return tuple(self.default_impl(*arrays, names=names, options=options))
 
         @jax.custom_batching.custom_vmap
         def call(*arrays):
@@ -166,7 +188,7 @@ class PlanOp:
         @call.def_vmap
         def _vmap_rule(axis_size, in_batched, *arrays):
             batch = arrays[0].shape[1] if in_batched[0] else arrays[0].shape[0]
-            outputs = call(*self.fold(axis_size, in_batched, *arrays))
+            outputs = call(*self.fold(names, axis_size, in_batched, *arrays))
             return tuple(o.reshape((axis_size, batch) + o.shape[1:]) for o in outputs), (True,) * len(outputs)
 
         if self.no_grad is None:
@@ -181,4 +203,3 @@ class PlanOp:
 
         differentiable.defvjp(_refuse, _refuse)
         return differentiable
-

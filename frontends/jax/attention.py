@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from sparse_sageattn.core_kernels import attention
 
 from . import cpu_path
-from ._launch import PlanOp, describe, fold_batch
+from ._launch import PlanOp, describe, fold_batch, sm_count
 
 _NO_GRAD = (
     "sparse_sageattn: the backward pass is not available yet; jax.grad / jax.vjp / jax.jvp cannot differentiate "
@@ -37,11 +37,14 @@ class _Options:
 def _plan(descs, options: _Options, capability=None):
     return attention.make_plan(descs["q"], descs["k"], descs["v"], descs.get("mask_id"), options.is_causal,
                                options.tensor_layout, options.sm_scale, options.smooth_k, options.return_lse,
-                               capability, pv_dtype=options.pv_dtype)
+                               capability, pv_dtype=options.pv_dtype, kv_lens=descs.get("kv_lens"),
+                               num_sms=None if capability is None else sm_count())
 
 
-def _pure_jax(q, k, v, mask_id=None, *, options):
-    return cpu_path.attention(q, k, v, mask_id, **dataclasses.asdict(options))
+def _pure_jax(*arrays, names, options):
+    named = dict(zip(names, arrays))
+    return cpu_path.attention(named["q"], named["k"], named["v"], named.get("mask_id"), named.get("kv_lens"),
+                              **dataclasses.asdict(options))
 
 
 def _fold_mask(mask, batched, axis_size, batch):
@@ -55,24 +58,24 @@ def _fold_mask(mask, batched, axis_size, batch):
     return mask.reshape((axis_size * batch,) + mask4[1:])
 
 
-def _fold(axis_size, in_batched, q, k, v, *mask):
-    batch = q.shape[1] if in_batched[0] else q.shape[0]
-    folded = [fold_batch(x, b, axis_size) for x, b in zip((q, k, v), in_batched)]
-    return folded + [_fold_mask(m, in_batched[3], axis_size, batch) for m in mask]
+def _fold(names, axis_size, in_batched, *arrays):
+    batch = arrays[0].shape[1] if in_batched[0] else arrays[0].shape[0]
+    return [_fold_mask(x, batched, axis_size, batch) if name == "mask_id" else fold_batch(x, batched, axis_size)
+            for name, x, batched in zip(names, arrays, in_batched)]
 
 
 # Without return_lse the plan's lse is a one-element slot nobody reads: only out is returned.
-_attention = PlanOp("sparse_sageattn_kernels", ("q", "k", "v", "mask_id"), _plan, _pure_jax, _fold, _NO_GRAD,
-                    n_returned=lambda options: 2 if options.return_lse else 1)
+_attention = PlanOp("sparse_sageattn_kernels", ("q", "k", "v", "mask_id", "kv_lens"), _plan, _pure_jax, _fold,
+                    _NO_GRAD, n_returned=lambda options: 2 if options.return_lse else 1)
 
 
 @functools.partial(jax.jit, static_argnames=("options",))
-def _forward(q, k, v, mask_id, options: _Options):
-    return _attention((q, k, v) if mask_id is None else (q, k, v, mask_id), options)
+def _forward(arrays, options: _Options):
+    return _attention(arrays, options)
 
 
-def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", *, sm_scale=None, smooth_k=True,
-                    return_lse=False, pv_dtype="fp16"):
+def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", *, kv_lens=None, sm_scale=None,
+                    smooth_k=True, return_lse=False, pv_dtype="fp16"):
     """Block-sparse INT8 attention with SageAttention V1 numerics, for JAX (eager or under jax.jit).
 
     Args:
@@ -83,6 +86,9 @@ def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND",
         (128 query x 64 key) block, 0 skips it. Mask heads are query heads. None computes every block.
         Traced under jit (its values may change without recompiling).
       is_causal: query i sees key j iff j <= i + Nk - Nq (bottom-right aligned); combined with mask_id.
+      kv_lens: optional int32 array (B,): batch row b has kv_lens[b] valid keys (a preallocated cache); keys at
+        or past it never contribute and are never read, and causal aligns to it (j <= i + kv_lens[b] - Nq).
+        Traced under jit; values are clamped to [0, Nk].
       sm_scale: softmax scale, default 1/sqrt(D).
       smooth_k: subtract K's mean over the keys before quantization (exact under softmax).
       return_lse: also return the float32 log-sum-exp (B, Hq, Nq) of the scaled logits (natural log).
@@ -98,13 +104,15 @@ def sparse_sageattn(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND",
     backend a pure-JAX path with the same semantics runs. jax.vmap folds mapped axes into the batch; jax.grad
     raises NotImplementedError (no backward yet).
     """
-    arrays = {"q": q, "k": k, "v": v} if mask_id is None else {"q": q, "k": k, "v": v, "mask_id": mask_id}
+    arrays = {name: x for name, x in (("q", q), ("k", k), ("v", v), ("mask_id", mask_id), ("kv_lens", kv_lens))
+              if x is not None or name in ("q", "k", "v")}
     for name, x in arrays.items():
         if not isinstance(x, jax.Array):
             raise TypeError(f"sparse_sageattn: {name} must be a jax.Array, got {type(x).__name__}")
-    attention.validate(describe(q), describe(k), describe(v), None if mask_id is None else describe(mask_id),
-                       is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype)
+    attention.validate(*(describe(arrays[n]) if n in arrays else None for n in ("q", "k", "v", "mask_id")),
+                       is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype,
+                       describe(kv_lens) if kv_lens is not None else None)
     options = _Options(is_causal, tensor_layout, None if sm_scale is None else float(sm_scale), smooth_k,
                        return_lse, pv_dtype)
-    outputs = _forward(q, k, v, mask_id, options=options)
+    outputs = _forward(arrays, options=options)
     return outputs if return_lse else outputs[0]

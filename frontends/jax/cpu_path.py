@@ -33,14 +33,14 @@ def _quantize_blocks(x, rows):
     return x_int8.reshape(batch, heads, n_blocks * rows, head_dim), jnp.where(has_nan, jnp.nan, amax / 127.0)
 
 
-def _visible(mask_id, n_q_pad, n_k_pad, n_q, n_k, is_causal):
-    """bool, broadcastable to (B, Hq, n_q_pad, n_k_pad): the block mask expanded to elements, the key tail and
-    the bottom-right causal rule (query i sees key j iff j <= i + Nk - Nq)."""
+def _visible(mask_id, n_q_pad, n_k_pad, n_q, n_valid, is_causal):
+    """bool, broadcastable to (B, Hq, n_q_pad, n_k_pad): the block mask expanded to elements, the keys that
+    exist (n_valid: (B, 1, 1, 1)) and the bottom-right causal rule (query i sees key j iff j <= i + n_valid - Nq)."""
     rows = jnp.arange(n_q_pad)[:, None]
     cols = jnp.arange(n_k_pad)[None, :]
-    visible = cols < n_k
+    visible = cols < n_valid
     if is_causal:
-        visible = visible & (cols <= rows + (n_k - n_q))
+        visible = visible & (cols <= rows + (n_valid - n_q))
     if mask_id is None:
         return visible
     blocks = mask_id != 0
@@ -56,7 +56,7 @@ def _to_e4m3(x):
 
 
 def _pv(p, v, n_k_pad, pv_dtype):
-    """P (B, Hkv, G, Nq_pad, Nk_pad) in [0, 1] times V (B, Hkv, Nk, D), fp32 out."""
+    """P (B, Hkv, G, Nq_pad, Nk_pad) in [0, 1] times V (B, Hkv, Nk, D; zeros past the valid keys), fp32 out."""
     n_k = v.shape[2]
     if pv_dtype == "fp16":
         v16 = jnp.pad(v.astype(jnp.float16), ((0, 0), (0, 0), (0, n_k_pad - n_k), (0, 0)))
@@ -69,7 +69,8 @@ def _pv(p, v, n_k_pad, pv_dtype):
     return acc * (amax / E4M3_MAX)[:, :, None] * (1.0 / E4M3_MAX)
 
 
-def attention(q, k, v, mask_id, *, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype="fp16"):
+def attention(q, k, v, mask_id, kv_lens=None, *, is_causal, tensor_layout, sm_scale, smooth_k, return_lse,
+              pv_dtype="fp16"):
     """Same arguments as sparse_sageattn (already validated, sm_scale a float or None); returns (out, lse) or
     (out,), lse of shape (B, Hq, Nq) float32."""
     if tensor_layout == "NHD":
@@ -79,12 +80,17 @@ def attention(q, k, v, mask_id, *, is_causal, tensor_layout, sm_scale, smooth_k,
     group = heads_q // heads_kv
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(head_dim)
+    # keys that exist per batch row, (B, 1, 1, 1); the others are never read (where, not multiplication: NaN)
+    n_valid = (jnp.full((batch,), n_k, jnp.int32) if kv_lens is None
+               else jnp.clip(kv_lens.astype(jnp.int32), 0, n_k)).reshape(batch, 1, 1, 1)
+    key_exists = jnp.arange(n_k)[None, None, :, None] < n_valid
 
     q_scaled = q.astype(jnp.float32) * jnp.float32(sm_scale * LOG2E)  # scores come out in the log2 domain
-    k32 = k.astype(jnp.float32)
-    mean = jnp.sum(k32, axis=2, keepdims=True) / n_k if smooth_k else None
+    k32 = jnp.where(key_exists, k.astype(jnp.float32), 0.0)
+    v = jnp.where(key_exists, v, jnp.zeros((), v.dtype))
+    mean = jnp.sum(k32, axis=2, keepdims=True) / jnp.maximum(n_valid, 1).astype(jnp.float32) if smooth_k else None
     if smooth_k:
-        k32 = k32 - mean
+        k32 = jnp.where(key_exists, k32 - mean, 0.0)
     q_int8, q_scale = _quantize_blocks(q_scaled, BLOCK_M)
     k_int8, k_scale = _quantize_blocks(k32, BLOCK_N)
     n_q_pad, n_k_pad = q_int8.shape[2], k_int8.shape[2]
@@ -96,7 +102,7 @@ def attention(q, k, v, mask_id, *, is_causal, tensor_layout, sm_scale, smooth_k,
     scores = jnp.einsum("bhgqd,bhkd->bhgqk", q_int8, k_int8, preferred_element_type=jnp.int32)
     scores = scores.astype(jnp.float32) * (q_scale[..., None] * k_scale)
 
-    visible = _visible(mask_id, n_q_pad, n_k_pad, n_q, n_k, is_causal)
+    visible = _visible(mask_id, n_q_pad, n_k_pad, n_q, n_valid, is_causal)
     visible = jnp.broadcast_to(visible, (batch, heads_q, n_q_pad, n_k_pad))
     scores = jnp.where(visible.reshape(batch, heads_kv, group, n_q_pad, n_k_pad), scores, -jnp.inf)
     row_max = jnp.max(scores, axis=-1)

@@ -73,7 +73,7 @@ def _pure_jax(q, k, *, cdf_threshold, topk, is_causal, tensor_layout, sm_scale):
     return (keep | forced).astype(jnp.int8)
 
 
-def _default(q, k, *, options):
+def _default(q, k, *, names, options):
     return (_pure_jax(q, k, **dataclasses.asdict(options)),)
 
 
@@ -82,7 +82,7 @@ _predict = PlanOp("sparse_sageattn_predict", ("q", "k"), _plan, _default)  # the
 
 @functools.partial(jax.jit, static_argnames=("options",))
 def _forward(q, k, options: _PredictOptions):
-    (mask,) = _predict((jax.lax.stop_gradient(q), jax.lax.stop_gradient(k)), options)
+    (mask,) = _predict({"q": jax.lax.stop_gradient(q), "k": jax.lax.stop_gradient(k)}, options)
     return mask
 
 

@@ -48,6 +48,16 @@ def capability(device: torch.device):
     return None if device.type != "cuda" or INTERPRETED else _device_capability(device.index)
 
 
+@functools.lru_cache(maxsize=None)
+def _device_sm_count(device_index: int):
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def sm_count(device: torch.device):
+    """The SM count to size grids for, or None where the kernels run through the interpreter."""
+    return None if device.type != "cuda" or INTERPRETED else _device_sm_count(device.index)
+
+
 def allocate(plan, arrays: dict, device) -> dict:
     """`arrays` plus one tensor per buffer of the plan, on `device`."""
     env = dict(arrays)

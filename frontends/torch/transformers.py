@@ -20,8 +20,10 @@ returns None; anything else raises a ValueError saying what to do instead:
   the window covers every key a query is given (sequences up to the window; decoding with a DynamicCache, which
   keeps the window). Refused once the window cuts keys off: the block masks (`sliding_window_mask`) are
   block-granular and would let a query see up to 190 keys older than its window, which is not the model.
-- Static caches (`cache_implementation="static"`): refused; their key buffers hold unwritten slots past the
-  tokens seen, which a bottom-right causal rule would include.
+- Static caches (`cache_implementation="static"`): exact. Their key buffers have a fixed size with unwritten slots
+  past the tokens seen; the mask function hands the attention function the count of written keys (a device
+  tensor, no host sync) and the kernel takes it as `kv_lens`: slots past it are never read, and the causal rule
+  aligns to it. Shapes stay fixed through a generation, so compiled and CUDA-graph decoding compile once.
 - Other mask patterns (packed sequences, chunked attention, image-token overlays, 4D masks given to the model):
   refused.
 - While compiling (`torch.compile`), a 2D `attention_mask` cannot be checked without reading its values (a graph
@@ -52,9 +54,10 @@ def sparse_sageattn_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=
     on every query that matters (see the module docstring), else raises a ValueError."""
     from transformers.masking_utils import bidirectional_mask_function, causal_mask_function, sdpa_mask
 
-    if isinstance(q_offset, torch.Tensor):
-        raise ValueError("sparse_sageattn: static caches are not supported (their key buffers include unwritten "
-                         "slots); use the default DynamicCache")
+    if isinstance(q_offset, torch.Tensor) or (kv_offset == 0 and kv_length > q_offset + q_length):
+        # a static cache (its q_offset is a tensor once filled; at prefill its buffers are longer than the tokens)
+        return _static_cache_lengths(batch_size, q_length, q_offset, kv_offset, mask_function, attention_mask,
+                                     local_size, causal_mask_function, device)
     if kv_offset + kv_length != q_offset + q_length:
         raise ValueError(f"sparse_sageattn: keys at positions {kv_offset}..{kv_offset + kv_length - 1} do not end "
                          f"at the last query (position {q_offset + q_length - 1}); the kernel's causal rule is "
@@ -74,6 +77,22 @@ def sparse_sageattn_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=
     if attention_mask is not None:
         _check_padding(attention_mask[:, :kv_offset + kv_length], causal)
     return None
+
+
+def _static_cache_lengths(batch_size, q_length, q_offset, kv_offset, mask_function, attention_mask, local_size,
+                          causal_mask_function, device):
+    """A static cache: q_offset tokens (a device tensor, or 0 at prefill) are in the buffers before this call's
+    q_length, so the first q_offset + q_length keys exist once the layer has written its own. Returned as
+    kv_lens, int32 (B,), on the device."""
+    if mask_function is not causal_mask_function or local_size is not None or kv_offset != 0:
+        raise ValueError("sparse_sageattn: with a static cache only plain causal attention is supported (no sliding "
+                         "window, bidirectional or overlaid masks); use the default DynamicCache")
+    # generate() may hand back the counts this function returned (its precomputed mask); only a padding mask is read
+    if attention_mask is not None and attention_mask.dtype != torch.int32:
+        _check_padding(attention_mask, True)
+    if isinstance(q_offset, torch.Tensor):
+        return (q_offset.reshape(1) + q_length).to(torch.int32).repeat(batch_size)
+    return torch.full((batch_size,), q_offset + q_length, dtype=torch.int32, device=device)
 
 
 def _windowed_pattern(q_length, kv_length, q_offset, kv_offset, mask_function, window, use_vmap, device, sdpa_mask):
@@ -120,7 +139,12 @@ def _check_padding(padding, causal):
 def sparse_sageattn_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
                               mask_id=None, pv_dtype="fp16", **kwargs):
     """transformers' `AttentionInterface` function: query (B, Hq, Nq, D), key / value (B, Hkv, Nk, D) in, returns
-    (attn_output (B, Nq, Hq, D), None). GQA goes to the kernel as is (no repeat_kv)."""
+    (attn_output (B, Nq, Hq, D), None). GQA goes to the kernel as is (no repeat_kv). attention_mask: None, or from
+    a static cache the written keys per batch row (int32 (B,), the mask function's), passed on as kv_lens."""
+    kv_lens = None
+    if (isinstance(attention_mask, torch.Tensor) and attention_mask.dtype == torch.int32
+            and tuple(attention_mask.shape) == (query.shape[0],)):
+        kv_lens, attention_mask = attention_mask, None
     if attention_mask is not None:
         raise ValueError(
             f"sparse_sageattn: attention_mask must be None here, got a {type(attention_mask).__name__}: a "
@@ -141,7 +165,8 @@ def sparse_sageattn_attention(module, query, key, value, attention_mask, dropout
     # (B, H, N, D) views in, read as NHD without a copy, so the output comes out (B, Nq, Hq, D) as transformers
     # expects.
     out = sparse_sageattn(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), mask_id=mask_id,
-                          is_causal=bool(is_causal), tensor_layout="NHD", sm_scale=scaling, pv_dtype=pv_dtype)
+                          is_causal=bool(is_causal), tensor_layout="NHD", kv_lens=kv_lens, sm_scale=scaling,
+                          pv_dtype=pv_dtype)
     return out, None
 
 

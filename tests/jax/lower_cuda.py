@@ -37,6 +37,15 @@ CASES = [
     ("bfloat16", 64, "NHD", 4, 4, 256, 300, None, False, False, True, "fp8"),
     ("float16", 40, "HND", 4, 1, 129, 65, "int32", False, True, False, "fp8"),
 ]
+# The split-KV kernel (at most 64 queries a head) and kv_lens, on both attention kernels: the cases above and
+# a trailing kv_lens flag.
+KV_LENS_CASES = [
+    ("bfloat16", 128, "HND", 8, 2, 1, 4096, None, True, True, True, "fp16", True),
+    ("float16", 64, "NHD", 4, 1, 16, 1000, "bool", True, False, True, "fp16", False),
+    ("float16", 128, "HND", 4, 4, 40, 300, "int8", False, True, False, "fp16", True),
+    ("bfloat16", 128, "HND", 4, 2, 300, 700, None, True, True, True, "fp16", True),
+    ("float16", 96, "NHD", 4, 2, 256, 300, "bool", True, True, True, "fp8", True),
+]
 # predict_mask: (dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, options) -- each selection mode, causal or
 # not, ragged lengths, and row widths from the smallest key-block tile (16) to the largest (8192 key blocks).
 PREDICT_CASES = [
@@ -49,32 +58,37 @@ ALLOWED_OPS = {"stablehlo.case", "stablehlo.constant", "stablehlo.custom_call", 
 
 
 def lower(case):
-    dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, mask_dtype, is_causal, return_lse, smooth_k, pv_dtype = case
+    (dtype, head_dim, layout, heads_q, heads_kv, n_q, n_k, mask_dtype, is_causal, return_lse, smooth_k,
+     pv_dtype) = case[:12]
+    has_kv_lens = len(case) > 12 and case[12]
 
     def spec(heads, n):
         shape = (2, heads, n, head_dim) if layout == "HND" else (2, n, heads, head_dim)
         return jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))
 
-    args = [spec(heads_q, n_q), spec(heads_kv, n_k), spec(heads_kv, n_k)]
+    arrays = {"q": spec(heads_q, n_q), "k": spec(heads_kv, n_k), "v": spec(heads_kv, n_k)}
     if mask_dtype is not None:
-        args.append(jax.ShapeDtypeStruct((heads_q, -(-n_q // 128), -(-n_k // 64)), jnp.dtype(mask_dtype)))
+        arrays["mask_id"] = jax.ShapeDtypeStruct((heads_q, -(-n_q // 128), -(-n_k // 64)), jnp.dtype(mask_dtype))
+    if has_kv_lens:
+        arrays["kv_lens"] = jax.ShapeDtypeStruct((2,), jnp.int32)
 
-    def f(*arrays):
-        return sparse_sageattn(*arrays, is_causal=is_causal, tensor_layout=layout, smooth_k=smooth_k,
+    def f(arrays):
+        return sparse_sageattn(arrays["q"], arrays["k"], arrays["v"], arrays.get("mask_id"), is_causal=is_causal,
+                               tensor_layout=layout, kv_lens=arrays.get("kv_lens"), smooth_k=smooth_k,
                                return_lse=return_lse, pv_dtype=pv_dtype)
 
     _gluon.COMPILED.clear()
-    text = jax.jit(f).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    text = jax.jit(f).trace(arrays).lower(lowering_platforms=("cuda",)).as_text()
     options = _Options(is_causal, layout, None, smooth_k, return_lse, pv_dtype)
-    plan = _attention.plan(args, options, compute_capability())
-    attention = plan.launches[-1]
+    plan = _attention.plan(tuple(arrays), tuple(arrays.values()), options, compute_capability())
+    (attention,) = [step for step in plan.launches if step.name in ("attention", "split_kv")]
     # what the Gluon adapter launched: the compiled warp count, the register cap, the PTX's instructions
     gluon = [dict(warps=warps, maxnreg=maxnreg, reqntid=re.findall(r"\.reqntid (\d+)", ptx),
                   setmaxnreg=sorted(set(re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx))),
                   wgmma=sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.\w+\.(\w+\.\w+\.\w+)", ptx))))
              for warps, maxnreg, ptx in _gluon.COMPILED.values()]
     return {"ops": sorted(set(re.findall(r"stablehlo\.[a-z_]+", text))),
-            "triton_calls": text.count("@triton_kernel_call("), "launches": len(plan.launches),
+            "triton_calls": text.count("@triton_kernel_call("), "launches": [step.name for step in plan.launches],
             "attention_kernel": attention.kernel.__name__, "attention_maxnreg": attention.maxnreg, "gluon": gluon}
 
 
@@ -91,14 +105,15 @@ def lower_predict(case):
     plan = predict.make_plan(*(ArrayDesc(s, contiguous_strides(s), dtype) for s in shapes), tensor_layout=layout,
                              **options)
     return {"ops": sorted(set(re.findall(r"stablehlo\.[a-z_]+", text))),
-            "triton_calls": text.count("@triton_kernel_call("), "launches": len(plan.launches)}
+            "triton_calls": text.count("@triton_kernel_call("), "launches": [step.name for step in plan.launches]}
 
 
 def main():
     assert not INTERPRETED, "lowering needs a compiling process: unset TRITON_INTERPRET"
     assert os.environ.get("SPARSE_SAGEATTN_COMPUTE_CAPABILITY"), "set SPARSE_SAGEATTN_COMPUTE_CAPABILITY"
-    print(json.dumps({"total": len(CASES) + len(PREDICT_CASES)}), flush=True)
-    for lower_one, cases in ((lower, CASES), (lower_predict, PREDICT_CASES)):
+    assert os.environ.get("SPARSE_SAGEATTN_SM_COUNT"), "set SPARSE_SAGEATTN_SM_COUNT"
+    print(json.dumps({"total": len(CASES) + len(KV_LENS_CASES) + len(PREDICT_CASES)}), flush=True)
+    for lower_one, cases in ((lower, CASES + KV_LENS_CASES), (lower_predict, PREDICT_CASES)):
         for case in cases:
             try:
                 result = lower_one(case)

@@ -54,6 +54,9 @@ def bad_calls():
     yield "sm_scale_negative", [q, k, v], {"sm_scale": -0.1}
     yield "sm_scale_type", [q, k, v], {"sm_scale": "0.1"}
     yield "pv_dtype", [q, k, v], {"pv_dtype": "e4m3"}
+    yield "kv_lens_dtype", [q, k, v], {"kv_lens": np.array([5.0], np.float32)}
+    yield "kv_lens_shape", [q, k, v], {"kv_lens": np.array([5, 6], np.int32)}
+    yield "kv_lens_rank", [q, k, v], {"kv_lens": np.array([[5]], np.int32)}
 
 
 def raised(call):
@@ -64,8 +67,8 @@ def raised(call):
 
 @pytest.mark.parametrize("name,args,kwargs", list(bad_calls()), ids=[c[0] for c in bad_calls()])
 def test_same_error_as_torch(name, args, kwargs):
-    torch_error = raised(lambda: torch_attention(*map(to_torch, args), **kwargs))
-    jax_error = raised(lambda: jax_attention(*map(to_jax, args), **kwargs))
+    torch_error = raised(lambda: torch_attention(*map(to_torch, args), **{n: to_torch(a) for n, a in kwargs.items()}))
+    jax_error = raised(lambda: jax_attention(*map(to_jax, args), **{n: to_jax(a) for n, a in kwargs.items()}))
     assert torch_error[0] in (ValueError, TypeError), torch_error
     assert jax_error == torch_error
 

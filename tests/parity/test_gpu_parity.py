@@ -167,3 +167,21 @@ def test_jit_vmap_and_sharding_keep_the_bits(dtype):
     s_out, s_lse = sharded_sparse_sageattn(mesh, qj, kj, vj, to_jax(masks[0]), True, "NHD", batch_axis="data",
                                            head_axis="model", return_lse=True)
     assert np.array_equal(bits(s_out), bits(eager[0][0])) and np.array_equal(bits(s_lse), bits(eager[0][1]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_q,n_k,heads_q,heads_kv,mask_shape,kv_lens", [
+    (1, 32768, 32, 8, None, None),  # split-KV, a kv group's heads in one tile
+    (16, 20000, 32, 8, None, (20000, 7, 12345, 0)),  # kv_lens, one empty row
+    (1, 9000, 8, 2, (8, 1, 141), None),  # a mask per head: one head per program
+    (48, 3000, 8, 2, (1, 1), (3000, 2999, 64, 65)),
+    (700, 4000, 8, 2, None, (4000, 2500, 1, 3999)),  # kv_lens on the table's attention kernel
+])
+def test_split_kv_and_kv_lens(dtype, n_q, n_k, heads_q, heads_kv, mask_shape, kv_lens):
+    case = inputs(8, 4, heads_q, heads_kv, n_q, n_k, 128, "HND", dtype, mask_shape)
+    lens = None if kv_lens is None else np.asarray(kv_lens, np.int32)
+    for kwargs in (dict(is_causal=True), dict(is_causal=False, smooth_k=False)):
+        t_out, t_lse = torch_attention(*map(to_torch, case), kv_lens=to_torch(lens), return_lse=True, **kwargs)
+        j_out, j_lse = jax_attention(*map(to_jax, case), kv_lens=to_jax(lens), return_lse=True, **kwargs)
+        for name, t, j in (("out", t_out, j_out), ("lse", t_lse, j_lse)):
+            assert np.array_equal(bits(t), bits(j)), name

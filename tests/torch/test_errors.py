@@ -34,6 +34,14 @@ def bad_calls():
         lambda: sparse_sageattn(q, k, v, torch.ones(1, 2, dtype=torch.bool, device="meta"))
     yield "device", ValueError, r"q, k and v must be on one device, got q on cpu and k on meta", \
         lambda: sparse_sageattn(q, k.to("meta"), v)
+    yield "kv_lens_dtype", TypeError, r"kv_lens must be an int32 array .* got int64", \
+        lambda: sparse_sageattn(q, k, v, kv_lens=torch.tensor([5]))
+    yield "kv_lens_shape", ValueError, r"kv_lens must have shape \(B,\) = \(1,\), got \(2,\)", \
+        lambda: sparse_sageattn(q, k, v, kv_lens=torch.tensor([5, 6], dtype=torch.int32))
+    yield "kv_lens_device", ValueError, r"kv_lens must be on q's device cpu, got meta", \
+        lambda: sparse_sageattn(q, k, v, kv_lens=torch.ones(1, dtype=torch.int32, device="meta"))
+    yield "kv_lens_type", TypeError, r"kv_lens must be a torch.Tensor, got list", \
+        lambda: sparse_sageattn(q, k, v, kv_lens=[5])
     yield "layout", ValueError, r"tensor_layout must be 'HND' or 'NHD', got 'BHSD'", \
         lambda: sparse_sageattn(q, k, v, tensor_layout="BHSD")
     yield "last_dim", ValueError, r"k must be contiguous in its last dimension", \

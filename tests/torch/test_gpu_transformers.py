@@ -105,3 +105,22 @@ def test_sharp_attention_as_accurate_as_sageattention():
         sage_logits = model(ids).logits
         expected = eager(ids).logits
     assert 1 - logits_cosine(logits, expected) <= 1.1 * (1 - logits_cosine(sage_logits, expected))
+
+
+def test_generate_with_a_static_cache():
+    """cache_implementation="static" (fixed buffers, kv_lens from the adapter): the same greedy tokens as the
+    DynamicCache path, and each call as accurate as the contract on its written keys."""
+    model, eager, calls = models("sparse_sageattn_gpu_static")
+    ids = torch.randint(0, 1024, (1, 1500), generator=torch.Generator().manual_seed(3)).cuda()
+    with torch.no_grad():
+        kwargs = dict(max_new_tokens=8, do_sample=False, return_dict_in_generate=True, output_logits=True)
+        dynamic = model.generate(ids, **kwargs)
+        del calls[:]
+        static = model.generate(ids, cache_implementation="static", **kwargs)
+        ref = eager.generate(ids, **kwargs)
+    assert torch.equal(static.sequences, dynamic.sequences)
+    assert logits_cosine(static.logits[-1], ref.logits[-1]) >= LOGITS_COS_MIN
+    assert {tuple(c[1].shape[2:3]) for c in calls} == {(1507,)}  # every call sees the whole fixed buffer
+    prefill = [c for c in calls if c[0].shape[2] == 1500]
+    # the prefill calls against the reference on the written keys only
+    check_calls([(q, k[:, :, :1500], v[:, :, :1500], scaling, out) for q, k, v, scaling, out in prefill])

@@ -171,8 +171,12 @@ def test_mask_function_accepts_what_the_kernel_does_exactly(overrides):
      "padding before real tokens"),
     ({"mask_function": bidirectional_mask_function, "attention_mask": padding([1] * 10, [1] * 6 + [0] * 4)},
      "bidirectional"),
-    ({"q_offset": torch.tensor(0), "kv_length": 64}, "static caches"),
-    ({"kv_length": 64}, "do not end at the last query"),
+    ({"q_offset": torch.tensor(0), "kv_length": 64, "mask_function": bidirectional_mask_function},
+     "static cache only plain causal"),
+    ({"q_offset": torch.tensor(0), "kv_length": 64, "mask_function": sliding_window_causal_mask_function(4),
+      "local_size": 4}, "static cache only plain causal"),
+    ({"kv_length": 8}, "do not end at the last query"),
+    ({"kv_length": 10, "kv_offset": 2}, "do not end at the last query"),
     ({"mask_function": sliding_window_causal_mask_function(4), "local_size": 4}, "cuts keys off"),
     # a full sliding cache prefilling several queries: the first query's window would be exceeded by the later
     ({"mask_function": sliding_window_causal_mask_function(4), "local_size": 4, "q_length": 3, "kv_length": 6,
@@ -209,6 +213,32 @@ def test_register_arguments():
         register("")
     with pytest.raises(TypeError, match="mask_id"):
         register(mask_id=np.ones((1, 1), dtype=bool))
+
+
+def test_static_cache_hands_the_written_key_count_to_the_kernel():
+    lens = sparse_sageattn_mask(**mask_args(q_offset=torch.tensor(37), q_length=3, kv_length=64, batch_size=2))
+    assert lens.dtype == torch.int32 and lens.tolist() == [40, 40]
+    # generate() passes the counts back as the mask of a compiled step: they are not padding, nothing is read
+    again = sparse_sageattn_mask(**mask_args(q_offset=torch.tensor(37), q_length=3, kv_length=64, batch_size=2,
+                                             attention_mask=lens))
+    assert torch.equal(again, lens)
+
+
+def test_generate_with_a_static_cache(device):
+    """cache_implementation="static": fixed-size buffers with unwritten (zero) slots, which kv_lens keeps out;
+    prefill through the attention kernel, decode steps through the split-KV kernel. Greedy tokens and the final
+    logits match eager fp32."""
+    calls = recording("sparse_sageattn_static")
+    model, eager = models("sparse_sageattn_static", device)
+    ids = token_ids(1, 150, device)
+    with torch.no_grad():
+        kwargs = dict(max_new_tokens=4, do_sample=False, cache_implementation="static", return_dict_in_generate=True,
+                      output_logits=True)
+        ours, ref = model.generate(ids, **kwargs), eager.generate(ids, **kwargs)
+    assert torch.equal(ours.sequences, ref.sequences)
+    assert logits_cosine(ours.logits[-1], ref.logits[-1]) >= LOGITS_COS_MIN
+    # fixed buffers of 150 + 4 - 1 keys in every call: the prefill (150 queries), then 3 decode steps, 2 layers each
+    assert [(c[0].shape[2], c[1].shape[2]) for c in calls] == [(150, 153)] * 2 + [(1, 153)] * 6
 
 
 def test_generate_runs_with_the_mask_generate_passes(device):
