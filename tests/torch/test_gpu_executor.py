@@ -16,6 +16,7 @@ CASES = [  # batch, heads_q, heads_kv, n_q, n_k, head_dim, layout, dtype, masked
     (1, 8, 2, 777, 3001, 64, "NHD", torch.bfloat16, True, True, "fp16"),
     (2, 4, 1, 300, 300, 96, "HND", torch.float16, True, False, "fp16"),
     (1, 4, 4, 1024, 2048, 128, "NHD", torch.float16, False, True, "fp8"),
+    (4, 32, 8, 1, 5000, 128, "HND", torch.bfloat16, False, True, "fp16"),  # the split-KV kernel and its combine
 ]
 
 
@@ -33,7 +34,8 @@ def make_inputs(case, seed):
 
 def through_triton_launcher(q, k, v, mask, is_causal, layout, pv_dtype):
     plan = attention.make_plan(*map(_launch.describe, (q, k, v)), None if mask is None else _launch.describe(mask),
-                               is_causal, layout, None, True, True, _launch.capability(q.device), pv_dtype=pv_dtype)
+                               is_causal, layout, None, True, True, _launch.capability(q.device), pv_dtype=pv_dtype,
+                               num_sms=_launch.sm_count(q.device))
     env = _launch.run(plan, {"q": q, "k": k, "v": v, "mask_id": mask}, q.device)
     return env["out"], env["lse"]
 
@@ -101,7 +103,7 @@ def test_a_cached_call_still_refuses_non_bool_flags():
 def test_custom_op_and_eager_call_agree():
     q, k, v, mask = make_inputs(CASES[1], 4)
     eager = sparse_sageattn(q, k, v, mask, True, "NHD", return_lse=True)
-    op = torch.ops.sparse_sageattn.forward(q, k, v, mask, True, "NHD", None, True, True, "fp16")
+    op = torch.ops.sparse_sageattn.forward(q, k, v, mask, None, True, "NHD", None, True, True, "fp16")
     assert all(torch.equal(a, b) for a, b in zip(eager, op))
 
 
@@ -110,7 +112,15 @@ def test_opcheck_attention_op(case):
     *_, is_causal, pv_dtype = case
     q, k, v, mask = make_inputs(case, 5)
     torch.library.opcheck(torch.ops.sparse_sageattn.forward,
-                          (q, k, v, mask, is_causal, case[6], None, True, True, pv_dtype))
+                          (q, k, v, mask, None, is_causal, case[6], None, True, True, pv_dtype))
+
+
+@pytest.mark.parametrize("n_q", [1, 300])  # the split-KV kernel, the table's attention kernel
+def test_opcheck_attention_op_with_kv_lens(n_q):
+    q, k, v, _ = make_inputs((2, 8, 2, n_q, 3000, 128, "HND", torch.float16, False, True, "fp16"), 6)
+    kv_lens = torch.tensor([3000, 1234], dtype=torch.int32, device="cuda")
+    torch.library.opcheck(torch.ops.sparse_sageattn.forward,
+                          (q, k, v, None, kv_lens, True, "HND", None, True, True, "fp16"))
 
 
 def test_opcheck_predict_op():
