@@ -43,7 +43,7 @@ def _block_mask_from_dense(mask, batch, heads, n_q, n_k):
 
 def attention_fn(query, key, value, mask=None, dropout_rng=None, dropout_rate=0.0, broadcast_dropout=True,
                  deterministic=False, dtype=None, precision=None, module=None, is_causal=False, *, block_mask=None,
-                 sm_scale=None, smooth_k=True, pv_dtype="fp16"):
+                 kv_prefix_mask=False, sm_scale=None, smooth_k=True, pv_dtype="fp16"):
     """sparse_sageattn as a Flax attention_fn; bind the block mask with functools.partial.
 
     Example: `nnx.MultiHeadAttention(..., dtype=jnp.bfloat16,
@@ -62,6 +62,10 @@ def attention_fn(query, key, value, mask=None, dropout_rng=None, dropout_rate=0.
         bind it with functools.partial(attention_fn, is_causal=True).
       block_mask: sparse_sageattn's mask_id, broadcastable to (batch, heads, ceil(q_length/128),
         ceil(kv_length/64)); combined with `mask` (both must allow a block).
+      kv_prefix_mask: `mask` is a decode cache's (linen's `decode=True` builds one: its cached keys up to the
+        current index): per batch row, the queries see a prefix of the keys. It may then be traced; the count of
+        keys the last query sees becomes sparse_sageattn's kv_lens (the keys past it are never read). That a
+        traced mask is such a prefix cannot be checked: it is what this flag asserts.
       sm_scale, smooth_k, pv_dtype: as in sparse_sageattn.
     """
     del dropout_rng, broadcast_dropout, precision
@@ -77,6 +81,12 @@ def attention_fn(query, key, value, mask=None, dropout_rng=None, dropout_rate=0.
         raise TypeError(f"{_PREFIX} the kernels compute in float16 or bfloat16, got {compute_dtype}; build the "
                         f"Flax module with dtype=jnp.bfloat16 (or jnp.float16)")
     query, key, value = (x.astype(compute_dtype) for x in (query, key, value))
+    kv_lens = None
+    if kv_prefix_mask and mask is not None:  # without a mask (linen's init of the cache) every key is seen
+        batch, n_q, heads = query.shape[:3]
+        visible = jnp.broadcast_to(jnp.asarray(mask) != 0, (batch, heads, n_q, key.shape[1]))
+        kv_lens = jnp.sum(visible[:, 0, -1], axis=-1, dtype=jnp.int32)
+        mask = None
     if mask is not None:
         if isinstance(mask, jax.core.Tracer):
             raise ValueError(
@@ -88,5 +98,5 @@ def attention_fn(query, key, value, mask=None, dropout_rng=None, dropout_rate=0.
         block_mask = live if block_mask is None else jnp.logical_and(jnp.asarray(block_mask) != 0, live)
     if block_mask is not None:
         block_mask = jnp.asarray(block_mask)
-    return sparse_sageattn(query, key, value, block_mask, is_causal, "NHD", sm_scale=sm_scale, smooth_k=smooth_k,
-                           pv_dtype=pv_dtype)
+    return sparse_sageattn(query, key, value, block_mask, is_causal, "NHD", kv_lens=kv_lens, sm_scale=sm_scale,
+                           smooth_k=smooth_k, pv_dtype=pv_dtype)

@@ -25,7 +25,8 @@ def _axis_size(mesh, axis):
 
 
 def sharded_sparse_sageattn(mesh, q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", *, batch_axis=None,
-                            head_axis=None, sm_scale=None, smooth_k=True, return_lse=False, pv_dtype="fp16"):
+                            head_axis=None, kv_lens=None, sm_scale=None, smooth_k=True, return_lse=False,
+                            pv_dtype="fp16"):
     """sparse_sageattn with the batch split over mesh axis `batch_axis` and the heads over `head_axis`.
 
     Args:
@@ -33,17 +34,18 @@ def sharded_sparse_sageattn(mesh, q, k, v, mask_id=None, is_causal=False, tensor
       batch_axis, head_axis: mesh axis names (or tuples of names, or None for unsplit). B must be divisible by
         the size of batch_axis and the kv head count Hkv by the size of head_axis.
       the rest: as sparse_sageattn. A mask_id dimension of size 1 is replicated, a full-size one is split
-        like the batch / heads it indexes.
+        like the batch / heads it indexes; kv_lens is split like the batch.
 
     Returns out (sharded like q) or (out, lse), lse split over batch and heads. Works eagerly and under jax.jit;
     inputs already placed as P(batch_axis, head_axis) ("HND") or P(batch_axis, None, head_axis) ("NHD") move
     nowhere.
     """
-    for name, x in {"q": q, "k": k, "v": v, "mask_id": mask_id}.items():
+    for name, x in {"q": q, "k": k, "v": v, "mask_id": mask_id, "kv_lens": kv_lens}.items():
         if x is not None and not isinstance(x, jax.Array):
             raise TypeError(f"sparse_sageattn: {name} must be a jax.Array, got {type(x).__name__}")
     attention.validate(describe(q), describe(k), describe(v), None if mask_id is None else describe(mask_id),
-                       is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype)
+                       is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype,
+                       None if kv_lens is None else describe(kv_lens))
     b_axis, h_axis, _ = layout_axes(tensor_layout)
     for arg, axis, dim, what in (("batch_axis", batch_axis, q.shape[b_axis], "batch"),
                                  ("head_axis", head_axis, k.shape[h_axis], "kv head count")):
@@ -59,11 +61,15 @@ def sharded_sparse_sageattn(mesh, q, k, v, mask_id=None, is_causal=False, tensor
         in_specs.append(P(batch_axis if mask_id.shape[0] != 1 else None,
                           head_axis if mask_id.shape[1] != 1 else None, None, None))
         arrays.append(mask_id)
+    if kv_lens is not None:
+        in_specs.append(P(batch_axis))
+        arrays.append(kv_lens)
     out_specs = (P(*spec), P(batch_axis, head_axis, None)) if return_lse else P(*spec)
 
-    def local(q, k, v, mask_id=None):
-        return sparse_sageattn(q, k, v, mask_id, is_causal, tensor_layout, sm_scale=sm_scale, smooth_k=smooth_k,
-                               return_lse=return_lse, pv_dtype=pv_dtype)
+    def local(q, k, v, *optional):
+        named = dict(zip([n for n, x in (("mask_id", mask_id), ("kv_lens", kv_lens)) if x is not None], optional))
+        return sparse_sageattn(q, k, v, named.get("mask_id"), is_causal, tensor_layout, kv_lens=named.get("kv_lens"),
+                               sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse, pv_dtype=pv_dtype)
 
     if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
         # Explicit mesh axes make shard_map demand inputs placed exactly as in_specs (a no-op when they are).

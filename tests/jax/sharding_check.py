@@ -34,8 +34,9 @@ def main():
     rng = np.random.default_rng(0)
     for axis_type in (AxisType.Explicit, AxisType.Auto):
         mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(axis_type, axis_type))
-        for layout, heads_kv, mask_shape, is_causal in (("HND", 4, (8, 3, 4), True), ("NHD", 8, (2, 1, 3, 4), False),
-                                                        ("HND", 4, None, True)):
+        for layout, heads_kv, mask_shape, is_causal, lens in (("HND", 4, (8, 3, 4), True, None),
+                                                              ("NHD", 8, (2, 1, 3, 4), False, None),
+                                                              ("HND", 4, None, True, (200, 123))):
             def shape(heads, n):
                 return (2, heads, n, 64) if layout == "HND" else (2, n, heads, 64)
 
@@ -45,17 +46,19 @@ def main():
             spec = P("data", "model") if layout == "HND" else P("data", None, "model")
             q, k, v = (jax.device_put(x, NamedSharding(mesh, spec)) for x in (q_np, k_np, v_np))
 
+            kv_lens = None if lens is None else jnp.asarray(lens, jnp.int32)
+
             def sharded(q, k, v, mask):
                 return sharded_sparse_sageattn(mesh, q, k, v, mask, is_causal, layout, batch_axis="data",
-                                               head_axis="model", return_lse=True)
+                                               head_axis="model", kv_lens=kv_lens, return_lse=True)
 
             jitted = jax.jit(sharded)
             out, lse = jitted(q, k, v, mask)
             eager_out, _ = sharded(q, k, v, mask)
             ref_out, ref_lse = sparse_sageattn(*(jnp.asarray(x) for x in (q_np, k_np, v_np)), mask, is_causal,
-                                               layout, return_lse=True)
+                                               layout, kv_lens=kv_lens, return_lse=True)
             print(json.dumps({
-                "case": [str(axis_type), layout, heads_kv, mask_shape, is_causal],
+                "case": [str(axis_type), layout, heads_kv, mask_shape, is_causal, lens],
                 "out_diff": difference(out, ref_out), "lse_diff": difference(lse, ref_lse),
                 "eager_diff": difference(eager_out, ref_out),
                 "out_spec": str(out.sharding.spec), "devices": len(out.sharding.device_set),

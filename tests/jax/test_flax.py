@@ -67,6 +67,42 @@ def test_linen_multi_head_dot_product_attention():
     assert out.shape == (BATCH, N, 64) and cosine(out, ref) >= 0.999
 
 
+def test_kv_prefix_mask_becomes_kv_lens():
+    """A traced decode-cache mask (a prefix of the keys per batch row) is the same call as kv_lens."""
+    q, k, v = qkv(4, n_k=300)
+    q = q[:, :1]
+    lens = jnp.asarray([300, 77], jnp.int32)
+    fn = jax.jit(functools.partial(attention_fn, kv_prefix_mask=True))
+    prefix = (jnp.arange(300) < lens[:, None])[:, None, None, :]  # (B, 1, 1, Nk), as linen's decode builds it
+    assert np.array_equal(fn(q, k, v, mask=prefix), sparse_sageattn(q, k, v, None, False, "NHD", kv_lens=lens))
+    # no mask (linen's init pass): every key
+    assert np.array_equal(fn(q, k, v), sparse_sageattn(q, k, v, None, False, "NHD"))
+
+
+def test_linen_decode_with_its_cache():
+    """linen's decode=True: one token a step into its preallocated cache, jitted; the attention_fn reads the
+    cache's mask as kv_lens. Against the same module with Flax's own attention (fp16 projections around both)."""
+    fn = functools.partial(attention_fn, kv_prefix_mask=True)
+    make = functools.partial(linen.MultiHeadDotProductAttention, num_heads=HEADS, qkv_features=64, dtype=jnp.float16,
+                             decode=True)
+    ours, flax_own = make(attention_fn=fn), make()
+    x = jax.random.normal(jax.random.key(5), (BATCH, 40, 64))
+    variables = ours.init(jax.random.key(6), x)  # the cache holds 40 positions
+    params, cache = variables["params"], variables["cache"]
+    ref_cache = cache
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def step(module, cache, token):
+        out, updated = module.apply({"params": params, "cache": cache}, token, mutable=["cache"])
+        return out, updated["cache"]
+
+    for i in range(12):
+        out, cache = step(ours, cache, x[:, i:i + 1])
+        ref, ref_cache = step(flax_own, ref_cache, x[:, i:i + 1])
+        assert cosine(out, ref) >= 0.999, i
+    assert int(cache["cache_index"]) == 12
+
+
 def test_refusals_are_clear():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="dropout is not supported"):
