@@ -52,6 +52,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch and JAX
 
 import numpy as np  # noqa: E402
 
+from run import JAX_GROUP, SMOKE_CALLS, environment, results_path, time_group, time_ms, write_json  # noqa: E402
+
 HEADS_Q, HEADS_KV, HEAD_DIM, DTYPE = 32, 8, 128, "bfloat16"
 SHAPES = ((1, 32768, 8), (16, 32768, 8), (1, 131072, 1))  # (Nq, Nk, B)
 WINDOW, SINK = 8192, 256
@@ -60,8 +62,6 @@ SMOKE = dict(heads_q=4, heads_kv=2, head_dim=64, dtype="float16", shapes=((1, 25
 BLOCK_N = 64  # sparse_sageattn's key block
 N_SETS = 2
 K_OFFSET = 2.0  # scale of K's per-channel offset
-JAX_GROUP = 4  # calls per timed JAX group (benchmarks/run.py's time_group)
-SMOKE_CALLS = 2  # perf_counter calls per median without CUDA
 PROFILED_CALLS = 10
 TARGET_RATIO = 1.6  # ours <= 1.6x SDPA flash at each of the three dense rows
 
@@ -118,7 +118,7 @@ class Bench:
         self.device, self.cuda = device, device == "cuda"
         self.heads_q, self.heads_kv, self.head_dim = heads_q, heads_kv, head_dim
         self.dtype, self.layout = getattr(torch, dtype), layout
-        self.group = JAX_GROUP if self.cuda else SMOKE_CALLS
+        self.group = JAX_GROUP if self.cuda else 1  # calls per timed group (run.py's time_group)
         self.peer = SDPA_FLASH if self.cuda else SDPA_MATH
         self.kv_lens = supports_kv_lens(sparse_sageattn)
         self.notes = []
@@ -193,35 +193,6 @@ class Bench:
         except Exception:  # through the host, bit for bit
             bits = jax.numpy.asarray(t.view(self.torch.int16).cpu().numpy())
             return jax.lax.bitcast_convert_type(bits, jax.numpy.dtype(str(t.dtype).removeprefix("torch.")))
-
-    def time_ms(self, fn, arg_sets, first_ms):
-        """Median ms of fn(*args), args rotating over arg_sets (run.py's time_ms)."""
-        turn = [0]
-
-        def step():
-            turn[0] = (turn[0] + 1) % len(arg_sets)
-            fn(*arg_sets[turn[0]])
-
-        if not self.cuda:
-            times = []
-            for _ in range(SMOKE_CALLS):
-                start = time.perf_counter()
-                step()
-                times.append((time.perf_counter() - start) * 1e3)
-            return float(np.median(times))
-        return self.triton.testing.do_bench(step, warmup=max(25, 3 * first_ms), rep=max(100, 10 * first_ms),
-                                            return_mode="median")
-
-    def time_group(self, fn, arg_sets, first_ms, wait):
-        """Median ms per call of groups of calls ending in `wait(last output)`: JAX runs on XLA's stream, which
-        do_bench's CUDA events do not see (run.py's time_group)."""
-        def group():
-            self.sync()
-            for j in range(self.group):
-                out = fn(*arg_sets[j % len(arg_sets)])
-            wait(out)
-
-        return self.time_ms(group, [()], first_ms * self.group) / self.group
 
     def first_calls(self, fn, args, wait):
         """The first call's output and ms (compiles included), and the ms of a second call (what sizes the
@@ -306,9 +277,10 @@ class Bench:
                     out, first_ms, call_ms = self.first_calls(fn, sets[0], lambda _: self.sync())
                     result = dict(status="ok", first_call_s=first_ms / 1e3,
                                   **accuracy(sample(self.hnd(out))), kv_bytes=full_bytes)
-                    result["ms"] = self.time_ms(fn, sets, call_ms)
+                    result["ms"] = time_ms(fn, sets, call_ms, self.cuda)
                     if name == OURS:  # timed like JAX too, for the JAX / torch ratio
-                        result["ms_group"] = self.time_group(fn, sets, call_ms, lambda _: self.sync())
+                        result["ms_group"] = time_group(fn, sets, call_ms, lambda _: self.sync(), self.sync, self.cuda,
+                                                        self.group)
                 systems[name] = result
                 return out
             except Exception as e:  # one failing system must not lose the others
@@ -387,7 +359,8 @@ class Bench:
                     torch_hnd = self.hnd(out_torch).float().cpu().numpy()
                     result["max_abs_diff_to_torch"] = float(np.abs(got - torch_hnd).max())
             del out
-            result["ms"] = self.time_group(fn, jax_sets, call_ms, lambda o: o.block_until_ready())
+            result["ms"] = time_group(fn, jax_sets, call_ms, lambda o: o.block_until_ready(), self.sync, self.cuda,
+                                      self.group)
             return result
         except Exception as e:
             return dict(status="error", error=f"{type(e).__name__}: {str(e)[:400]}")
@@ -408,7 +381,7 @@ class Bench:
                 out, first_ms, call_ms = self.first_calls(fn, sets[0], lambda _: self.sync())
                 result = dict(status="ok", first_call_s=first_ms / 1e3, **accuracy(sample(out), causal=False),
                               kv_bytes=nbytes)
-                result["ms"] = self.time_ms(fn, sets, call_ms)
+                result["ms"] = time_ms(fn, sets, call_ms, self.cuda)
             return result
         except Exception as e:  # the backend refuses this shape / device
             return dict(status="unsupported", error=f"{type(e).__name__}: {str(e)[:400]}")
@@ -541,7 +514,6 @@ def main(argv=None):
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
     import triton
 
-    from run import environment, results_path, write_json
 
     device = "cuda" if cuda else "cpu"
     size = SMOKE if args.smoke else dict(heads_q=HEADS_Q, heads_kv=HEADS_KV, head_dim=HEAD_DIM, dtype=DTYPE,

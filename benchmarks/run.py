@@ -402,6 +402,45 @@ def environment(torch, triton, device):
     return info
 
 
+SMOKE_CALLS = 3  # wall-clock calls per median where there are no CUDA events (smoke runs)
+
+
+def time_ms(fn, arg_sets, first_ms, cuda):
+    """Median ms of fn(*args), args rotating over arg_sets; warm-up and repetitions scale with the call."""
+    turn = [0]
+
+    def step():
+        turn[0] = (turn[0] + 1) % len(arg_sets)
+        fn(*arg_sets[turn[0]])
+
+    if not cuda:  # smoke runs: no CUDA events; a few wall-clock calls
+        times = []
+        for _ in range(SMOKE_CALLS):
+            start = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - start) * 1e3)
+        return float(np.median(times))
+    import triton.testing
+
+    return triton.testing.do_bench(step, warmup=max(25, 3 * first_ms), rep=max(100, 10 * first_ms),
+                                   return_mode="median")
+
+
+def time_group(fn, arg_sets, first_ms, wait, sync, cuda, group=JAX_GROUP):
+    """Median ms per call of groups of `group` calls ending in a host wait (`wait(last output)`). JAX runs on
+    XLA's stream, which torch's CUDA events (do_bench's clock) do not see, so JAX is timed this way: the events
+    then bracket finished work, and the host dispatch of one call overlaps the previous one's kernels. Our torch
+    call is timed the same way too (`ms_group`), so that the JAX/torch ratio compares like with like. `sync()`
+    (a torch sync) first lets do_bench's L2 flush (on torch's stream) finish before the group starts."""
+    def calls(*_):
+        sync()
+        for j in range(group):
+            out = fn(*arg_sets[j % len(arg_sets)])
+        wait(out)
+
+    return time_ms(calls, [()], first_ms * group, cuda) / group
+
+
 class Bench:
     """Runs the configurations on one device and appends records. All framework imports happen here."""
 
@@ -496,38 +535,6 @@ class Bench:
         except Exception:  # a dlpack mismatch between the two: copy the bits through the host
             bits = jax.numpy.asarray(t.view(self.torch.int16).cpu().numpy())
             return jax.lax.bitcast_convert_type(bits, jax.numpy.dtype(c_dtype_name(t)))
-
-    def time_ms(self, fn, arg_sets, first_ms):
-        """Median ms of fn(*args), args rotating over arg_sets; warm-up and repetitions scale with the call."""
-        turn = [0]
-
-        def step():
-            turn[0] = (turn[0] + 1) % len(arg_sets)
-            fn(*arg_sets[turn[0]])
-
-        if not self.cuda:  # smoke runs: no CUDA events; a few wall-clock calls
-            times = []
-            for _ in range(3):
-                start = time.perf_counter()
-                step()
-                times.append((time.perf_counter() - start) * 1e3)
-            return float(np.median(times))
-        return self.triton.testing.do_bench(step, warmup=max(25, 3 * first_ms), rep=max(100, 10 * first_ms),
-                                            return_mode="median")
-
-    def time_group(self, fn, arg_sets, first_ms, wait):
-        """Median ms per call of groups of JAX_GROUP calls ending in a host wait (`wait(last output)`). JAX runs on
-        XLA's stream, which torch's CUDA events (do_bench's clock) do not see, so JAX is timed this way: the events
-        then bracket finished work, and the host dispatch of one call overlaps the previous one's kernels. Our torch
-        call is timed the same way too (`ms_group`), so that the JAX/torch ratio compares like with like. A torch
-        sync first lets do_bench's L2 flush (on torch's stream) finish before the group starts."""
-        def group(*_):
-            self.sync()
-            for j in range(JAX_GROUP):
-                out = fn(*arg_sets[j % len(arg_sets)])
-            wait(out)
-
-        return self.time_ms(group, [()], first_ms * JAX_GROUP) / JAX_GROUP
 
     def extra_memory(self, fn, args):
         """Peak device memory one call allocates beyond what was allocated before it and the output it returns."""
@@ -654,10 +661,10 @@ class Bench:
             start = time.perf_counter()
             result["extra_mem_bytes"] = self.extra_memory(fn, sets[0])
             call_ms = (time.perf_counter() - start) * 1e3
-            result["ms"] = self.time_ms(fn, sets, call_ms)
+            result["ms"] = time_ms(fn, sets, call_ms, self.cuda)
             result["first_call_s"] = first_ms / 1e3
             if name == OURS:
-                result["ms_group"] = self.time_group(fn, sets, call_ms, lambda _: self.sync())
+                result["ms_group"] = time_group(fn, sets, call_ms, lambda _: self.sync(), self.sync, self.cuda)
                 result.update(self._plan_facts(c, mask, sets, call_ms))
 
         return result
@@ -675,7 +682,8 @@ class Bench:
         start = time.perf_counter()
         fn(*sets[0]).block_until_ready()
         call_ms = (time.perf_counter() - start) * 1e3
-        result.update(ms=self.time_group(fn, sets, call_ms, lambda o: o.block_until_ready()), extra_mem_bytes=None)
+        result.update(ms=time_group(fn, sets, call_ms, lambda o: o.block_until_ready(), self.sync, self.cuda),
+                      extra_mem_bytes=None)
         return result
 
     def _run_jax(self, c: Config, mask, rows, heads, accuracy, layout):
@@ -735,8 +743,8 @@ class Bench:
         envs = [_launch.run(plan, {"q": q, "k": k, "v": v, "mask_id": mask}, self.device) for q, k, v in sets]
         launch = _launch.launch
         self.sync()
-        facts["kernels_ms"] = {step.name: self.time_ms(lambda a, s=step: launch(s, a), [(a,) for a in envs],
-                                                       call_ms if step.name == "attention" else 0.1)
+        facts["kernels_ms"] = {step.name: time_ms(lambda a, s=step: launch(s, a), [(a,) for a in envs],
+                                                  call_ms if step.name == "attention" else 0.1, self.cuda)
                                for step in plan.launches}
         return facts
 
