@@ -13,6 +13,10 @@ Systems:
                            semantics (a no-op at Nq=1, kept so that the call is the one a decoder makes)
   sparse_sageattn_kv_lens  the same with kv_lens=full((B,), Nk) (valid keys per batch row of a preallocated
                            cache), if the installed sparse_sageattn takes that keyword; else skipped with a note
+  sparse_sageattn_int8_cache  Int8KVCache.attend(q, mask, is_causal=True) over a cache filled with the row's
+                           K and V (one append, not timed): INT8 K, V in its dtype, no pass over K. Also recorded:
+                           the cache's bytes against the bf16 K+V bytes, and the ms of appending one token (the
+                           mean of APPEND_CALLS calls between two synchronizations; SMOKE_CALLS on CPU)
   sparse_sageattn_jax      sparse_sageattn.jax under jax.jit on the same bits (dlpack), timed as benchmarks/run.py
                            times JAX (groups of JAX_GROUP calls ending in block_until_ready); its output is
                            compared bitwise with the torch call's
@@ -66,6 +70,10 @@ PROFILED_CALLS = 10
 TARGET_RATIO = 1.6  # ours <= 1.6x SDPA flash at each of the three dense rows
 
 OURS, OURS_KV_LENS, OURS_JAX = "sparse_sageattn", "sparse_sageattn_kv_lens", "sparse_sageattn_jax"
+OURS_INT8 = "sparse_sageattn_int8_cache"
+APPEND_CALLS = 200  # one-token appends timed per row (each grows the cache: not a do_bench loop)
+INT8_TARGET_RATIO = 0.8  # the INT8 cache's attend at least 1.25x faster than SDPA flash (Nq=1, fp16/bf16 V)
+INT8_MEMORY_LIMIT = 0.76  # its bytes against the bf16 cache's K+V
 OURS_JAX_KV_LENS = "sparse_sageattn_jax_kv_lens"  # if the JAX frontend takes kv_lens too
 SDPA_FLASH, SDPA_CUDNN, SDPA_MATH = "sdpa_flash", "sdpa_cudnn", "sdpa_math"
 
@@ -287,6 +295,8 @@ class Bench:
                 systems[name] = dict(status="error", error=f"{type(e).__name__}: {str(e)[:400]}")
                 return None
 
+        run_ours.systems = systems
+
         out_ours = run_ours(OURS, lambda q, k, v: ours(q, k, v, mask, True, layout))
         if self.kv_lens:
             out_kv = run_ours(OURS_KV_LENS, lambda q, k, v: ours(q, k, v, mask, True, layout, kv_lens=kv_lens))
@@ -294,6 +304,7 @@ class Bench:
                 systems[OURS_KV_LENS]["bitwise_equal_to_plain"] = bool(torch.equal(out_kv, out_ours))
         else:
             systems[OURS_KV_LENS] = dict(status="skipped", reason="sparse_sageattn has no kv_lens keyword")
+        self._run_int8_cache(row, mask, sets, run_ours, full_bytes)
 
         if self.jax is not None:
             systems[OURS_JAX] = self._run_jax(row, mask, jax_sets, sample, accuracy, out_ours, full_bytes)
@@ -330,6 +341,44 @@ class Bench:
             record["jax_over_torch_group"] = systems[OURS_JAX]["ms"] / systems[OURS]["ms_group"]
         record["jax_bitwise_equal"] = systems.get(OURS_JAX, {}).get("bitwise_equal_to_torch")
         return record
+
+    def _run_int8_cache(self, row, mask, sets, run_ours, full_bytes):
+        torch = self.torch
+        try:
+            from sparse_sageattn.torch.kv_cache import Int8KVCache
+        except ImportError:
+            self.notes.append(f"{OURS_INT8}: skipped, the installed sparse_sageattn has no Int8KVCache")
+            return
+        append_calls = APPEND_CALLS if self.cuda else SMOKE_CALLS
+        capacity = -(-(row.n_k + append_calls) // BLOCK_N) * BLOCK_N
+        if mask is not None:  # the mask's key blocks are the cache's: none past the row's keys
+            mask = torch.nn.functional.pad(mask, (0, capacity // BLOCK_N - mask.shape[-1]))
+        caches = {}
+        with torch.inference_mode():
+            for _, k, v in sets:
+                caches[id(k)] = Int8KVCache(row.batch, self.heads_kv, capacity, self.head_dim, self.dtype,
+                                            self.device)
+                caches[id(k)].append(k, v, self.layout)
+        layout = self.layout
+        run_ours(OURS_INT8, lambda q, k, v: caches[id(k)].attend(q, mask, True, layout))
+        cache = caches[id(sets[0][1])]
+        record = run_ours.systems[OURS_INT8]
+        if record.get("status") == "ok":
+            record["kv_bytes"] = full_bytes * 3 // 4  # INT8 K, V in its dtype: what attention reads
+            record["cache_bytes"] = cache.nbytes
+            record["cache_over_bf16_kv"] = cache.nbytes / full_bytes
+            q, k, v = sets[0]
+            k_new = k.narrow(self.seq_axis, 0, 1).contiguous()
+            v_new = v.narrow(self.seq_axis, 0, 1).contiguous()
+            with torch.inference_mode():
+                cache.append(k_new, v_new, layout)  # warm-up (compiles)
+                self.sync()
+                start = time.perf_counter()
+                for _ in range(append_calls - 1):
+                    cache.append(k_new, v_new, layout)
+                self.sync()
+            record["append_one_token_ms"] = (time.perf_counter() - start) * 1e3 / (append_calls - 1)
+        del caches
 
     def _run_jax(self, row, mask, jax_sets, sample, accuracy, out_torch, nbytes, with_kv_lens=False):
         jax = self.jax
@@ -429,7 +478,9 @@ def add_proportional(records):
 
 
 TARGETS_TEXT = (f"ours (sparse_sageattn, torch) <= {TARGET_RATIO}x the SDPA flash time, medians on the same inputs, "
-                f"at each of the three dense rows (Nq, Nk, B) = " + ", ".join(map(str, SHAPES)))
+                f"at each of the three dense rows (Nq, Nk, B) = " + ", ".join(map(str, SHAPES))
+                + f"; the INT8 cache's attend <= {INT8_TARGET_RATIO}x (>= {1 / INT8_TARGET_RATIO:.2f}x faster) at the "
+                "Nq=1 rows, its memory <= " + f"{INT8_MEMORY_LIMIT}x the bf16 K+V bytes")
 
 
 def target_verdicts(records):
@@ -442,6 +493,14 @@ def target_verdicts(records):
         verdicts.append(dict(row=r["row"], label=r["label"], peer=r["peer"], ours_ms=ours, peer_ms=peer,
                              ratio=ratio, limit=TARGET_RATIO,
                              verdict="NO DATA" if ratio is None else "PASS" if ratio <= TARGET_RATIO else "MISS"))
+        int8 = r["systems"].get(OURS_INT8, {})
+        if r["n_q"] == 1 and "ms" in int8:
+            ratio = int8["ms"] / peer if peer else None
+            memory = int8["cache_over_bf16_kv"]
+            verdicts.append(dict(row=r["row"] + "_int8", label=r["label"] + " int8", peer=r["peer"],
+                                 ours_ms=int8["ms"], peer_ms=peer, ratio=ratio, limit=INT8_TARGET_RATIO,
+                                 memory=memory, verdict="NO DATA" if ratio is None else "PASS"
+                                 if ratio <= INT8_TARGET_RATIO and memory <= INT8_MEMORY_LIMIT else "MISS"))
     return verdicts
 
 
@@ -462,7 +521,7 @@ def fmt(value, spec, missing="—"):
 def print_table(records, peer):
     head = (f"{'row':<22} {'Nq':>3} {'Nk':>7} {'B':>2} {'ours ms':>8} {peer + ' ms':>14} {'ratio':>6} "
             f"{'TB/s':>6} {'cosine':>8} {'cuDNN ms':>9} {'JAX ms':>8} {'JAX==torch':>10} {'kv_lens ms':>10} "
-            f"{'target':>7}")
+            f"{'int8 ms':>8} {'int8/peer':>9} {'int8 mem':>8} {'append ms':>9} {'target':>7}")
     print(head)
     verdicts = {v["row"]: v["verdict"] for v in target_verdicts(records)}
     for r in records:
@@ -477,7 +536,14 @@ def print_table(records, peer):
               f"{fmt(get(OURS, 'tb_s'), '.2f'):>6} {fmt(get(OURS, 'cosine'), '.5f'):>8} "
               f"{fmt(get(SDPA_CUDNN, 'ms'), '.3f'):>9} {fmt(get(OURS_JAX, 'ms'), '.3f'):>8} "
               f"{'—' if bitwise is None else str(bitwise):>10} {fmt(get(OURS_KV_LENS, 'ms'), '.3f'):>10} "
-              f"{verdicts.get(r['row'], ''):>7}")
+              f"{fmt(get(OURS_INT8, 'ms'), '.3f'):>8} {fmt(int8_ratio(r, peer), '.2f'):>9} "
+              f"{fmt(get(OURS_INT8, 'cache_over_bf16_kv'), '.3f'):>8} {fmt(get(OURS_INT8, 'append_one_token_ms'), '.3f'):>9} "
+              f"{verdicts.get(r['row'], '')}/{verdicts.get(r['row'] + '_int8', '-')}")
+
+
+def int8_ratio(record, peer):
+    int8, other = record["systems"].get(OURS_INT8, {}).get("ms"), record["systems"].get(peer, {}).get("ms")
+    return int8 / other if int8 and other else None
 
 
 # ---- the command --------------------------------------------------------------------------------------------------

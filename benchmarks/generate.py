@@ -19,7 +19,9 @@ Caches:
                     mode "reduce-overhead", fullgraph False); the dynamo state is reset first, so the warm-up
                     includes the compilation; graphs and graph breaks are recorded
   static_eager      the same cache with disable_compile=True
-  ours runs all three by default (no static_eager without CUDA, where static is eager already), SDPA the dynamic
+  int8              ours only: past_key_values=sparse_sageattn.torch.transformers.Int8Cache(config, prompt + new
+                    tokens), a fresh one per generate call (K kept INT8 as it grows, attention reading it as is)
+  ours runs all four by default (no static_eager without CUDA, where static is eager already), SDPA the dynamic
   cache (--sdpa-caches adds the others).
 
 Timing, per (prompt, path, cache): one warm-up generate(new tokens) + generate(1 token) (compilation included),
@@ -67,7 +69,7 @@ BACKENDS = {SDPA_CUDNN: "CUDNN_ATTENTION", SDPA_FLASH: "FLASH_ATTENTION", SDPA_M
 GPU_PATHS = (SDPA_CUDNN, SDPA_FLASH, SDPA_DEFAULT, OURS)
 CPU_PATHS = (SDPA_CUDNN, SDPA_FLASH, SDPA_MATH, SDPA_DEFAULT, OURS)  # the first two recorded as skipped
 TOKEN_REFERENCES = (SDPA_CUDNN, SDPA_FLASH, SDPA_MATH)  # the first that ran is the greedy-token reference
-CACHES = ("dynamic", "static", "static_eager")
+CACHES = ("dynamic", "static", "static_eager", "int8")
 
 TARGETS_TEXT = (f"ours (sparse_sageattn, dynamic cache) decode tokens/s >= {TARGET_RATIO}x the fastest forced SDPA "
                 f"backend's (sdpa_cudnn, sdpa_flash; dynamic cache) at each prompt length, HF generate, batch 1")
@@ -122,11 +124,19 @@ class Bench:
             kwargs.update(cache_implementation="static", max_cache_len=prompt_len + self.new_tokens)
         if cache == "static_eager":
             kwargs["disable_compile"] = True
+        if cache == "int8":
+            kwargs = dict(kwargs, int8_cache_len=prompt_len + self.new_tokens)
+            del kwargs["cache_implementation"], kwargs["max_cache_len"]
         return kwargs
 
     def timed(self, ids, kwargs, context):
+        kwargs = dict(kwargs)
         self.sync()
         start = time.perf_counter()
+        if "int8_cache_len" in kwargs:  # a fresh cache per call, made inside the timed region like generate's own
+            from sparse_sageattn.torch.transformers import Int8Cache
+
+            kwargs["past_key_values"] = Int8Cache(self.model.config, kwargs.pop("int8_cache_len"))
         with context():
             out = self.model.generate(ids, **kwargs)
         self.sync()
@@ -308,7 +318,7 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=REPS, help="timed repetitions per config, after one warm-up")
     p.add_argument("--paths", default=None, help="comma-separated subset of the paths (default: all of the device)")
     p.add_argument("--caches", type=cache_list, default=None,
-                   help="ours' caches (default dynamic,static,static_eager; without CUDA dynamic,static)")
+                   help="ours' caches (default dynamic,static,static_eager,int8; without CUDA dynamic,static,int8)")
     p.add_argument("--sdpa-caches", type=cache_list, default=("dynamic",), help="the SDPA paths' caches")
     p.add_argument("--targets", nargs="?", const="", metavar="RESULTS.json",
                    help="print the targets (with a results file: the verdicts in it) and exit")
@@ -349,7 +359,7 @@ def main(argv=None):
     if unknown:
         print(f"unknown path(s) {unknown}; choose from {sorted(set(GPU_PATHS + CPU_PATHS))}", file=sys.stderr)
         return 2
-    ours_caches = args.caches or (CACHES if cuda else ("dynamic", "static"))
+    ours_caches = args.caches or (CACHES if cuda else ("dynamic", "static", "int8"))
     configs = [(p, c) for p in paths for c in (ours_caches if p == OURS else args.sdpa_caches)]
 
     notes = []

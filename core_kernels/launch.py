@@ -115,10 +115,19 @@ class Launch:
 
 @dataclass(frozen=True)
 class Plan:
-    """buffers: name -> Buffer to allocate; launches: in order; outputs: the buffer names the op returns."""
+    """buffers: name -> Buffer (shape and dtype of every output and scratch array); launches: in order; outputs:
+    the buffer names the op returns.
+
+    aliases: output name -> the name of an argument array it updates in place (a cache). Such an output is not
+    allocated: a torch executor passes the argument itself and returns nothing for it (the op mutates it); the
+    JAX executor aliases the argument's buffer to the kernel's output and returns the updated array. Its kernel
+    takes the array twice, as an input (what jax-triton passes as the aliased operand) and as the output it
+    writes through.
+    """
     buffers: dict
     launches: tuple
     outputs: tuple
+    aliases: dict = field(default_factory=dict)
 
 
 def contiguous_strides(shape):

@@ -187,7 +187,7 @@ def test_split_count_follows_the_sms_and_the_key_blocks():
 def test_longer_queries_and_fp8_keep_the_attention_kernel():
     for plan in (decode_plan(n_q=65), decode_plan(n_q=16, pv_dtype="fp8")):
         assert [step.name for step in plan.launches] == ["sums_and_lists", "quantize", "attention"]
-    with pytest.raises(ValueError, match="split_kv_override: the split-KV kernel takes fp16 P.V"):
+    with pytest.raises(ValueError, match=r"split-KV kernel \(split_kv_override, INT8 caches\) takes fp16 P.V"):
         decode_plan(n_q=16, pv_dtype="fp8", split_kv_override={})
 
 

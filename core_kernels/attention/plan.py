@@ -82,8 +82,12 @@ def choose_attention(candidates, capability, head_dim, head_dim_pad, pv_dtype):
 
 
 def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tensor_layout, sm_scale,
-             smooth_k, return_lse, pv_dtype="fp16", kv_lens: ArrayDesc | None = None):
-    """Raise ValueError/TypeError naming the argument for anything the kernels do not support."""
+             smooth_k, return_lse, pv_dtype="fp16", kv_lens: ArrayDesc | None = None, kv_layout=None,
+             k_int8=False):
+    """Raise ValueError/TypeError naming the argument for anything the kernels do not support.
+
+    kv_layout: k's and v's layout when it is not q's; k_int8: k holds an INT8 cache's keys (kv_cache/)."""
+    kv_layout = tensor_layout if kv_layout is None else kv_layout
     if tensor_layout not in LAYOUTS:
         raise ValueError(f"sparse_sageattn: tensor_layout must be 'HND' or 'NHD', got {tensor_layout!r}")
     if pv_dtype not in PV_DTYPES:
@@ -97,16 +101,19 @@ def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tenso
         or not math.isfinite(sm_scale) or sm_scale <= 0
     ):
         raise ValueError(f"sparse_sageattn: sm_scale must be a positive finite number or None, got {sm_scale!r}")
-    dims = "(B, H, N, D)" if tensor_layout == "HND" else "(B, N, H, D)"
-    for name, a in (("q", q), ("k", k), ("v", v)):
+    for name, a, layout in (("q", q, tensor_layout), ("k", k, kv_layout), ("v", v, kv_layout)):
         if len(a.shape) != 4:
+            dims = "(B, H, N, D)" if layout == "HND" else "(B, N, H, D)"
             raise ValueError(
-                f"sparse_sageattn: {name} must have 4 dimensions {dims} for tensor_layout={tensor_layout!r}, "
+                f"sparse_sageattn: {name} must have 4 dimensions {dims} for tensor_layout={layout!r}, "
                 f"got shape {fmt_shape(a.shape)}"
             )
-        if a.dtype not in FLOAT_DTYPES:
+        if name == "k" and k_int8:
+            if a.dtype != "int8":
+                raise TypeError(f"sparse_sageattn: an INT8 cache's keys must be int8, got {a.dtype}")
+        elif a.dtype not in FLOAT_DTYPES:
             raise TypeError(f"sparse_sageattn: {name} must be float16 or bfloat16, got {a.dtype}")
-    for name, a in (("k", k), ("v", v)):
+    for name, a in (("k", k), ("v", v))[1 if k_int8 else 0:]:
         if a.dtype != q.dtype:
             raise TypeError(f"sparse_sageattn: q, k and v must share one dtype, got q {q.dtype} and {name} {a.dtype}")
     for name, a in (("k", k), ("v", v)):
@@ -114,16 +121,17 @@ def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tenso
             raise ValueError(f"sparse_sageattn: q, k and v must be on one device, got q on {q.device} and "
                              f"{name} on {a.device}")
     b_axis, h_axis, n_axis = layout_axes(tensor_layout)
+    kb_axis, kh_axis, kn_axis = layout_axes(kv_layout)
     for name, a in (("k", k), ("v", v)):
-        if a.shape[b_axis] != q.shape[b_axis]:
-            raise ValueError(f"sparse_sageattn: {name} has batch {a.shape[b_axis]}, q has {q.shape[b_axis]}")
+        if a.shape[kb_axis] != q.shape[b_axis]:
+            raise ValueError(f"sparse_sageattn: {name} has batch {a.shape[kb_axis]}, q has {q.shape[b_axis]}")
         if a.shape[3] != q.shape[3]:
             raise ValueError(f"sparse_sageattn: {name} has head_dim {a.shape[3]}, q has {q.shape[3]}")
-    if v.shape[n_axis] != k.shape[n_axis]:
-        raise ValueError(f"sparse_sageattn: v has {v.shape[n_axis]} keys, k has {k.shape[n_axis]}")
-    if v.shape[h_axis] != k.shape[h_axis]:
-        raise ValueError(f"sparse_sageattn: v has {v.shape[h_axis]} heads, k has {k.shape[h_axis]}")
-    heads_q, heads_kv = q.shape[h_axis], k.shape[h_axis]
+    if v.shape[kn_axis] != k.shape[kn_axis]:
+        raise ValueError(f"sparse_sageattn: v has {v.shape[kn_axis]} keys, k has {k.shape[kn_axis]}")
+    if v.shape[kh_axis] != k.shape[kh_axis]:
+        raise ValueError(f"sparse_sageattn: v has {v.shape[kh_axis]} heads, k has {k.shape[kh_axis]}")
+    heads_q, heads_kv = q.shape[h_axis], k.shape[kh_axis]
     if heads_kv == 0 or heads_q % heads_kv != 0:
         raise ValueError(
             f"sparse_sageattn: q's {heads_q} heads must be a multiple of k's and v's {heads_kv} heads (GQA/MQA)"
@@ -134,16 +142,16 @@ def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tenso
             f"sparse_sageattn: head_dim must be a multiple of 8 between 8 and {MAX_HEAD_DIM} (64 and 128 are "
             f"the fast paths), got {head_dim}"
         )
-    for name, a in (("q", q), ("k", k), ("v", v)):
+    for name, a, layout in (("q", q, tensor_layout), ("k", k, kv_layout), ("v", v, kv_layout)):
         if a.strides[3] != 1:
             raise ValueError(
                 f"sparse_sageattn: {name} must be contiguous in its last dimension (stride 1), got strides "
                 f"{fmt_shape(a.strides)}"
             )
-        if any(abs(s) > MAX_ROW_STRIDE for s in bhn_strides(a, tensor_layout)[2:]):
+        if any(abs(s) > MAX_ROW_STRIDE for s in bhn_strides(a, layout)[2:]):
             raise ValueError(f"sparse_sageattn: {name}'s sequence stride must be at most {MAX_ROW_STRIDE}, "
                              f"got strides {fmt_shape(a.strides)}")
-    n_q, n_k = q.shape[n_axis], k.shape[n_axis]
+    n_q, n_k = q.shape[n_axis], k.shape[kn_axis]
     if cdiv(n_q, BLOCK_M) > MAX_GRID_Y or cdiv(n_k, BLOCK_N) > MAX_GRID_Y:
         raise ValueError(
             f"sparse_sageattn: at most {MAX_GRID_Y * BLOCK_M} queries and {MAX_GRID_Y * BLOCK_N} "
@@ -172,7 +180,8 @@ def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tenso
 def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | None = None, is_causal=False,
               tensor_layout="HND", sm_scale=None, smooth_k=True, return_lse=False, capability=None, *,
               pv_dtype="fp16", kv_lens: ArrayDesc | None = None, num_sms=None, attention_override=None,
-              split_kv_override=None) -> Plan:
+              split_kv_override=None, kv_layout=None, k_scale: ArrayDesc | None = None,
+              k_mean: ArrayDesc | None = None) -> Plan:
     """Validate and resolve one sparse_sageattn call. `capability`: (major, minor) of the GPU, None = interpreter;
     `num_sms`: its SM count (None: configs.INTERPRETER_SMS), which sizes the split-KV grid.
 
@@ -182,8 +191,14 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
     attention_override: fields replacing the table's attention entry (configs.lookup); split_kv_override:
     fields of configs.SplitKVConfig and "splits" (the split count), forcing the split-KV kernel. For
     benchmarks and tests of a variant, never passed by the frontends.
+    kv_layout, k_scale, k_mean: attention over an INT8 KV cache (kv_cache/plan.py validates its arrays and calls
+    this): k is its int8 keys, k_scale / k_mean its block scales and smoothing vector, in kv_layout; the
+    split-KV kernel reads them as they are (no K sums, no quantization of K).
     """
-    validate(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype, kv_lens)
+    k_int8 = k_scale is not None
+    validate(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype, kv_lens,
+             kv_layout, k_int8)
+    kv_layout = tensor_layout if kv_layout is None else kv_layout
     pv_fp8 = pv_dtype == "fp8"
     if pv_fp8 and capability is not None and tuple(capability) < FP8_MIN_CAPABILITY:
         raise ValueError(f"sparse_sageattn: pv_dtype='fp8' needs FP8 tensor cores (compute capability 8.9 or newer: "
@@ -191,7 +206,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
     b_axis, h_axis, n_axis = layout_axes(tensor_layout)
     batch, heads_q, n_q = q.shape[b_axis], q.shape[h_axis], q.shape[n_axis]
     head_dim = int(q.shape[3])  # a constexpr: specialise it even when shapes are symbolic
-    heads_kv, n_k = k.shape[h_axis], k.shape[n_axis]
+    heads_kv, n_k = k.shape[layout_axes(kv_layout)[1]], k.shape[layout_axes(kv_layout)[2]]
     kv_group = heads_q // heads_kv
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(head_dim)
@@ -213,7 +228,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
     v_fp16_strides = (heads_kv * v_fp16_shape[1] * head_dim, v_fp16_shape[1] * head_dim, head_dim)
     out_strides = bhn_strides(ArrayDesc(out_shape, contiguous_strides(out_shape), q.dtype), tensor_layout)
     stride_align, (q_strides, k_strides, v_strides, v_fp16_strides, out_strides) = aligned_strides(
-        bhn_strides(q, tensor_layout), bhn_strides(k, tensor_layout), bhn_strides(v, tensor_layout),
+        bhn_strides(q, tensor_layout), bhn_strides(k, kv_layout), bhn_strides(v, kv_layout),
         v_fp16_strides, out_strides)
 
     def strides(prefix, values):
@@ -235,12 +250,12 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         list_b = batch
     lengths = dict(kv_lens_ptr=Ref("kv_lens" if kv_lens is not None else "q"), HAS_KV_LENS=kv_lens is not None)
     n_chunks = cdiv(n_k, configs.ROWS_PER_CHUNK)
-    chunk_programs = batch * heads_kv * n_chunks if smooth_k or pv_fp8 else 0
+    chunk_programs = batch * heads_kv * n_chunks if (smooth_k and not k_int8) or pv_fp8 else 0
     # A buffer its mode does not use is neither written nor read: a one-element slot.
     chunk_partials = flat(batch * heads_kv, n_chunks, head_dim_pad)
     shift_lse = smooth_k and return_lse
     shared = {
-        "k_channel_sums": Buffer(chunk_partials if smooth_k else (1,), "float32"),
+        "k_channel_sums": Buffer(chunk_partials if smooth_k and not k_int8 else (1,), "float32"),
         "v_channel_amax": Buffer(chunk_partials if pv_fp8 else (1,), "float32"),
         "block_counts": Buffer(flat(list_b * list_h, n_qb, 2), "int32"),
         "block_indices": Buffer(flat(list_b * list_h, n_qb, n_kb), "int32"),
@@ -255,15 +270,16 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
              **{f"stride_m{axis}": s for axis, s in zip("bhqk", mask_strides)},
              partial_sums_ptr=Ref("k_channel_sums"), partial_amax_ptr=Ref("v_channel_amax"),
              counts_ptr=Ref("block_counts"), indices_ptr=Ref("block_indices"),
-             ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, TILE_ROWS=configs.SUMS_TILE_ROWS, **dims, SMOOTH_K=smooth_k,
-             PV_FP8=pv_fp8, **blocks, KB_TILE=configs.KB_TILE, HAS_MASK=mask_id is not None, IS_CAUSAL=is_causal),
+             ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, TILE_ROWS=configs.SUMS_TILE_ROWS, **dims,
+             SMOOTH_K=smooth_k and not k_int8, PV_FP8=pv_fp8, **blocks, KB_TILE=configs.KB_TILE, HAS_MASK=mask_id is not None, IS_CAUSAL=is_causal),
         ("k_channel_sums", "v_channel_amax", "block_counts", "block_indices"),
         cfg.sums_and_lists.num_warps, cfg.sums_and_lists.num_stages)
 
-    if split_kv_override is not None or (
+    if k_int8 or split_kv_override is not None or (
             not pv_fp8 and attention_override is None and n_q <= configs.SPLIT_KV_MAX_QUERIES):
         if pv_fp8 or n_q > BLOCK_M:
-            raise ValueError("split_kv_override: the split-KV kernel takes fp16 P.V and at most 128 queries")
+            raise ValueError("sparse_sageattn: the split-KV kernel (split_kv_override, INT8 caches) takes fp16 "
+                             f"P.V and at most {BLOCK_M} queries")
         split_cfg = replace(cfg.split_kv, **{f: v for f, v in (split_kv_override or {}).items() if f != "splits"})
         # Heads share a tile when they share a block list, as many of the kv group as fit 128 rows.
         heads_per_program = max((g for g in range(1, min(kv_group, 16) + 1)
@@ -284,6 +300,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
             "split_kv", split_kv_kernel, (programs * splits,),
             dict(q_ptr=Ref("q"), k_ptr=Ref("k"), v_ptr=Ref("v"), partial_sums_ptr=Ref("k_channel_sums"),
                  counts_ptr=Ref("block_counts"), indices_ptr=Ref("block_indices"), **lengths,
+                 k_scale_ptr=Ref("k_scale" if k_int8 else "q"), k_mean_ptr=Ref("k_mean" if k_int8 else "q"),
                  q_pre_scale=float(sm_scale) * LOG2E, n_q=n_q, n_k=n_k, heads_q=heads_q, kv_group=kv_group,
                  list_stride_b=list_h if list_b != 1 else 0, list_stride_h=1 if list_h != 1 else 0,
                  **strides("q", q_strides), **strides("k", k_strides), **strides("v", v_strides),
@@ -291,7 +308,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
                  partial_out_ptr=Ref("partial_out"), partial_lse_ptr=Ref("partial_lse"),
                  BLOCK_ROWS=block_rows, BLOCK_N=BLOCK_N, HEADS_PER_PROGRAM=heads_per_program, SPLITS=splits,
                  ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SMOOTH_K=smooth_k, IS_CAUSAL=is_causal,
-                 RETURN_LSE=return_lse, SHIFT_LSE=shift_lse, **dims),
+                 RETURN_LSE=return_lse, SHIFT_LSE=shift_lse, **dims, K_INT8=k_int8),
             ("out", "lse", "partial_out", "partial_lse"), split_cfg.num_warps, split_cfg.num_stages)
         if splits == 1:
             return Plan({**shared, **split_buffers}, (sums_and_lists, split_kv), OUTPUTS)

@@ -9,7 +9,9 @@ output and log2-sum-exp, which combine.py merges exactly; with SPLITS == 1 the p
 Nothing is prepared in a separate pass but K's channel sums (its mean must be global): the program quantizes its
 Q rows per head (each head's n_q <= BLOCK_M rows are its one 128-row quantization block) and each K block it
 visits, with quantize.py's `_to_int8` -- the same INT8 values and scales as the quantize launch -- and reads V as
-it is (bf16 rounded to fp16 in registers). Scores, masks and the online softmax are kernel.py's.
+it is (bf16 rounded to fp16 in registers). With K_INT8 the keys come from an INT8 KV cache (kv_cache/append.py):
+its int8 blocks, their scales and its fixed smoothing vector, read as they are. Scores, masks and the
+online softmax are kernel.py's.
 """
 import triton
 import triton.language as tl
@@ -57,12 +59,13 @@ def _quantize_key_block(k, k_mean, kv_mask, SMOOTH_K: tl.constexpr, PARTIAL: tl.
 
 @triton.jit
 def _split_steps(
-    acc, m_i, l_i, q_int8, q_scale, k_mean, k_head_ptr, v_head_ptr, indices_row_ptr, list_start, list_end,
-    q_index, n_q, n_valid, stride_kn, stride_vn,
+    acc, m_i, l_i, q_int8, q_scale, k_mean, k_head_ptr, k_scale_head_ptr, v_head_ptr, indices_row_ptr, list_start,
+    list_end, q_index, n_q, n_valid, stride_kn, stride_vn,
     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SMOOTH_K: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr, K_INT8: tl.constexpr,
 ):
-    """List entries [list_start, list_end), one 64-key block per step: quantize the block, score, softmax, P.V.
+    """List entries [list_start, list_end), one 64-key block per step: quantize the block (K_INT8: read it and
+    its scale), score, softmax, P.V.
     The block index is read one step ahead (kernel.py's _attend_blocks says why); Triton's pipeliner keeps the
     next blocks' K and V loads in flight (num_stages)."""
     offs_n = tl.arange(0, BLOCK_N)
@@ -86,7 +89,11 @@ def _split_steps(
         else:
             k = tl.load(k_block_ptr + k_tile)
             v = tl.load(v_block_ptr + v_tile)
-        k_int8, k_scale = _quantize_key_block(k, k_mean, kv_mask, SMOOTH_K, PARTIAL)
+        if K_INT8:
+            k_int8 = k
+            k_scale = tl.load(k_scale_head_ptr + kb)
+        else:
+            k_int8, k_scale = _quantize_key_block(k, k_mean, kv_mask, SMOOTH_K, PARTIAL)
         s = tl.dot(q_int8, tl.trans(k_int8)).to(tl.float32) * (q_scale * k_scale)
         if MASKED:
             visible = (k_rows < n_valid)[None, :]
@@ -100,7 +107,7 @@ def _split_steps(
 
 @triton.jit(do_not_specialize=UNSPECIALIZED)
 def split_kv_kernel(
-    q_ptr, k_ptr, v_ptr, partial_sums_ptr, counts_ptr, indices_ptr, kv_lens_ptr,
+    q_ptr, k_ptr, v_ptr, partial_sums_ptr, counts_ptr, indices_ptr, kv_lens_ptr, k_scale_ptr, k_mean_ptr,
     q_pre_scale, n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
@@ -108,9 +115,13 @@ def split_kv_kernel(
     BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     HEADS_PER_PROGRAM: tl.constexpr, SPLITS: tl.constexpr, ROWS_PER_CHUNK: tl.constexpr, SMOOTH_K: tl.constexpr,
     IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr, SHIFT_LSE: tl.constexpr, STRIDE_ALIGN: tl.constexpr,
-    HAS_KV_LENS: tl.constexpr,
+    HAS_KV_LENS: tl.constexpr, K_INT8: tl.constexpr,
 ):
     """Grid: B * Hkv * (kv_group / HEADS_PER_PROGRAM) * SPLITS; n_q * HEADS_PER_PROGRAM <= BLOCK_ROWS <= 128.
+
+    K_INT8: k is an INT8 cache's int8 keys [B, Hkv, n_k, D], k_scale its fp32 block scales
+    [B*Hkv, n_k / 64], k_mean its fp32 smoothing vectors [B*Hkv, HEAD_DIM]; partial_sums is not read. Without it
+    k_scale and k_mean are not read.
 
     The block lists are block_lists.py's for the single query block (n_q <= 128); a program packing several
     heads reads the list of its first head (the plan packs heads only when their lists are one list).
@@ -146,7 +157,9 @@ def split_kv_kernel(
     q = q * tl.cast(q_pre_scale, tl.float32)  # jax-triton passes Python floats as fp64
     q_int8, q_scale = _quantize_q_rows(q, row_head, HEADS_PER_PROGRAM)
     k_mean = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-    if SMOOTH_K:
+    if K_INT8:
+        k_mean = tl.load(k_mean_ptr + bkv.to(tl.int64) * HEAD_DIM + offs_d, mask=d_valid, other=0.0)
+    elif SMOOTH_K:
         k_mean = _channel_mean(partial_sums_ptr, bkv, tl.cdiv(n_k, ROWS_PER_CHUNK), n_valid, ROWS_PER_CHUNK,
                                HEAD_DIM_PAD)
 
@@ -159,17 +172,18 @@ def split_kv_kernel(
     indices_row_ptr = indices_ptr + list_row * n_kb
     k_head_ptr = k_ptr + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh
     v_head_ptr = v_ptr + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh
+    k_scale_head_ptr = k_scale_ptr + bkv.to(tl.int64) * n_kb
 
     acc = tl.zeros([BLOCK_ROWS, HEAD_DIM_PAD], dtype=tl.float32)
     m_i = tl.full([BLOCK_ROWS], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
     # the slice's unmasked entries, then its masked ones (causal diagonal, ragged tail: the list's last)
-    acc, m_i, l_i = _split_steps(acc, m_i, l_i, q_int8, q_scale, k_mean, k_head_ptr, v_head_ptr, indices_row_ptr,
-                                 start, tl.minimum(end, n_full), q_index, n_q, n_valid, stride_kn, stride_vn,
-                                 BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, SMOOTH_K, IS_CAUSAL, False)
-    acc, m_i, l_i = _split_steps(acc, m_i, l_i, q_int8, q_scale, k_mean, k_head_ptr, v_head_ptr, indices_row_ptr,
-                                 tl.maximum(start, n_full), end, q_index, n_q, n_valid, stride_kn, stride_vn,
-                                 BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, SMOOTH_K, IS_CAUSAL, True)
+    acc, m_i, l_i = _split_steps(acc, m_i, l_i, q_int8, q_scale, k_mean, k_head_ptr, k_scale_head_ptr, v_head_ptr,
+                                 indices_row_ptr, start, tl.minimum(end, n_full), q_index, n_q, n_valid, stride_kn,
+                                 stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, SMOOTH_K, IS_CAUSAL, False, K_INT8)
+    acc, m_i, l_i = _split_steps(acc, m_i, l_i, q_int8, q_scale, k_mean, k_head_ptr, k_scale_head_ptr, v_head_ptr,
+                                 indices_row_ptr, tl.maximum(start, n_full), end, q_index, n_q, n_valid, stride_kn,
+                                 stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, SMOOTH_K, IS_CAUSAL, True, K_INT8)
 
     seen_nothing = l_i == 0.0
     out = acc / tl.where(seen_nothing, 1.0, l_i)[:, None]  # acc is 0 there too: zeros, never 0/0

@@ -13,6 +13,9 @@
     allocator).
 `allocate`, `launch` and `run` are the same launches for benchmarks and tests that time or inspect one step.
 
+A plan's aliased outputs (Plan.aliases: an array the op updates in place, such as a KV cache) are the caller's
+tensors themselves: never allocated, never returned; the custom op declares them in `mutates_args`.
+
 The direct launch reuses a kernel compiled for the same argument specialization: Triton specializes a pointer
 on 16-byte alignment, so the alignment of each array the caller passes is part of the cache key; the plan fixes
 every scalar (none is specialized, see core_kernels/alignment.py) and constexpr.
@@ -58,11 +61,18 @@ def sm_count(device: torch.device):
     return None if device.type != "cuda" or INTERPRETED else _device_sm_count(device.index)
 
 
+def fresh_outputs(plan):
+    """The outputs a call returns: those that are not an argument updated in place."""
+    return [name for name in plan.outputs if name not in plan.aliases]
+
+
 def allocate(plan, arrays: dict, device) -> dict:
-    """`arrays` plus one tensor per buffer of the plan, on `device`."""
+    """`arrays` plus one tensor per buffer of the plan, on `device` (an aliased output is its argument)."""
     env = dict(arrays)
     for name, buf in plan.buffers.items():
-        if buf.fill is None:
+        if name in plan.aliases:
+            env[name] = env[plan.aliases[name]]
+        elif buf.fill is None:
             env[name] = torch.empty(buf.shape, dtype=DTYPES[buf.dtype], device=device)
         else:
             env[name] = torch.full(buf.shape, buf.fill, dtype=DTYPES[buf.dtype], device=device)
@@ -101,10 +111,11 @@ class _CompiledPlan:
         self.plan = plan
         self.device = device
         self.device_index = device.index
-        self.returned = [(name, plan.buffers[name]) for name in plan.outputs[:n_returned]]
+        self.returned = [(name, plan.buffers[name]) for name in fresh_outputs(plan)[:n_returned]]
+        returned = {name for name, _ in self.returned}
         offsets, size = {}, 0
         for name, buf in plan.buffers.items():
-            if name in plan.outputs[:n_returned]:
+            if name in returned or name in plan.aliases:
                 continue
             if buf.fill is not None:
                 raise ValueError(f"scratch buffer {name!r} asks for a fill; the workspace is left uninitialised")
@@ -113,13 +124,15 @@ class _CompiledPlan:
         self.workspace_bytes = size
         self.offsets = tuple(offsets.items())
         self.slot_of = {name: i for i, name in enumerate((*array_names, *offsets, *(n for n, _ in self.returned)))}
+        self.n_slots = len(self.slot_of)  # the per-call values; the constants follow them
+        self.slot_of.update((alias, self.slot_of[source]) for alias, source in plan.aliases.items())
         self.constants = []
         self.kernels = None  # per launch: (launcher, grid x, y, z, function, packed metadata, argument getter)
 
     def first_call(self, arrays: dict):
         """Launch through Triton's launcher (which compiles), keeping each launch's compiled kernel."""
         outputs, env = self._allocate(arrays)
-        kernels, n_slots = [], len(self.slot_of)
+        kernels, n_slots = [], self.n_slots
         for step in self.plan.launches:
             compiled = launch(step, env)
 
@@ -145,6 +158,7 @@ class _CompiledPlan:
             view = workspace[offset:offset + _numel(buf.shape) * DTYPES[buf.dtype].itemsize]
             env[name] = view.view(DTYPES[buf.dtype]).view(buf.shape)
         env.update(zip((n for n, _ in self.returned), outputs))
+        env.update((alias, env[source]) for alias, source in self.plan.aliases.items())
         return outputs, env
 
     def __call__(self, arrays):
@@ -189,38 +203,40 @@ class PlanOp:
     of its plan's outputs give the custom op's schema.
 
     `op(*args)` runs it: through the custom op while torch.compile traces, else eagerly (see the module doc).
-    It returns the first `n_returned(*args)` of the plan's outputs (default: all) as a tuple; the eager call
-    keeps the others in its workspace. `op.custom_op` is the registered op (all outputs; one: a tensor).
+    It returns the first `n_returned(*args)` of the plan's outputs that are not aliased (default: all) as a
+    tuple; the eager call keeps the others in its workspace. `op.custom_op` is the registered op (all outputs;
+    one: a tensor; none: None). `mutates`: the array names the plans alias (updated in place).
     """
 
-    def __init__(self, qualname, plan_fn, array_names, n_outputs, n_returned=None):
+    def __init__(self, qualname, plan_fn, array_names, n_outputs, n_returned=None, mutates=()):
         self.plan_fn = plan_fn
         self.array_names = tuple(array_names)
         self.n_outputs = n_outputs
         self.n_returned = n_returned or (lambda *args: n_outputs)
         self._cache = {}
 
+        def unpack(outputs):
+            return tuple(outputs) if n_outputs > 1 else outputs[0] if n_outputs else None
+
         def implementation(*args):
-            outputs = self.eager(n_outputs, *args)
-            return outputs if n_outputs > 1 else outputs[0]
+            return unpack(self.eager(n_outputs, *args))
 
         def fake(*args):
             plan = plan_fn(*args)
-            outputs = tuple(torch.empty(plan.buffers[n].shape, dtype=DTYPES[plan.buffers[n].dtype],
-                                        device=args[0].device) for n in plan.outputs)
-            return outputs if n_outputs > 1 else outputs[0]
+            return unpack([torch.empty(plan.buffers[n].shape, dtype=DTYPES[plan.buffers[n].dtype],
+                                       device=args[0].device) for n in fresh_outputs(plan)])
 
-        returns = tuple[(torch.Tensor,) * n_outputs] if n_outputs > 1 else torch.Tensor
+        returns = tuple[(torch.Tensor,) * n_outputs] if n_outputs > 1 else torch.Tensor if n_outputs else None
         implementation.__signature__ = inspect.signature(plan_fn).replace(return_annotation=returns)
         implementation.__name__ = plan_fn.__name__
-        self.custom_op = torch.library.custom_op(qualname, implementation, mutates_args=())
+        self.custom_op = torch.library.custom_op(qualname, implementation, mutates_args=tuple(mutates))
         self.custom_op.register_fake(fake)
 
     def __call__(self, *args):
         n_returned = self.n_returned(*args)
         if torch.compiler.is_compiling():
             outputs = self.custom_op(*args)
-            return outputs[:n_returned] if self.n_outputs > 1 else (outputs,)
+            return outputs[:n_returned] if self.n_outputs > 1 else (outputs,) if self.n_outputs else ()
         return self.eager(n_returned, *args)
 
     def eager(self, n_returned, *args):
@@ -242,7 +258,7 @@ class PlanOp:
         if device.type != "cuda" or INTERPRETED or not plan.launches or not _plain_launch():
             # the interpreter, an empty problem, or a launch hook (a profiler) that Triton's launcher must call
             env = run(plan, arrays, device)
-            return [env[name] for name in plan.outputs[:n_returned]]
+            return [env[name] for name in fresh_outputs(plan)[:n_returned]]
         if len(self._cache) >= MAX_CACHED_CALLS:
             self._cache.clear()
         compiled = _CompiledPlan(plan, self.array_names, device, n_returned)

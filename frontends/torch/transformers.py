@@ -32,17 +32,98 @@ returns None; anything else raises a ValueError saying what to do instead:
 - Dropout > 0 (training mode with `attention_dropout`), `output_attentions=True`, softcapping, attention sinks and
   position biases: refused. There is no backward pass yet either (inputs requiring grad raise).
 
+INT8 KV cache: `generate(..., past_key_values=Int8Cache(model.config, max_cache_len))` keeps every layer's K
+quantized as it grows (sparse_sageattn.torch.kv_cache.Int8KVCache): the prompt is attended by the plain call and
+fixes each layer's smoothing vector; each later step appends its tokens (at most 128 a step) and attends over the
+cache, reading the INT8 keys as they are. Batches must be unpadded (rows advance together); beam search, which
+reorders the cache, is not supported.
+
 `mask_id` at registration adds block sparsity on top (an approximation you choose): a tensor broadcastable to
 (B, Hq, ceil(Nq/128), ceil(Nk/64)) for every call, or a callable `(q_len, kv_len, device) -> mask_id`, e.g.
 `lambda nq, nk, device: union_mask(nq, nk, window=1024, sink=4, device=device)`, since prefill and decoding calls
 have different block grids.
 """
+import functools
+
 import torch
 
-from sparse_sageattn.core_kernels.contract import PV_DTYPES
+from sparse_sageattn.core_kernels.contract import BLOCK_M, BLOCK_N, PV_DTYPES
 from sparse_sageattn.torch.attention import sparse_sageattn
+from sparse_sageattn.torch.kv_cache import Int8KVCache
 
-__all__ = ["register", "sparse_sageattn_attention", "sparse_sageattn_mask"]
+__all__ = ["Int8Cache", "register", "sparse_sageattn_attention", "sparse_sageattn_mask"]
+
+_CACHE_TAG = "_sparse_sageattn_int8_cache"  # set on an Int8Cache layer's key tensor: the attention function's cue
+
+
+@functools.cache
+def _int8_cache_classes():
+    """Int8Cache and its layer, built on first use: transformers is imported only by those who use it."""
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    class Int8CacheLayer(CacheLayerMixin):
+        """One decoder layer's Int8KVCache, created at the first update with the prompt's shapes."""
+
+        def __init__(self, max_cache_len):
+            super().__init__()
+            self.max_cache_len = max_cache_len
+            self.cache = None
+
+        def lazy_initialization(self, key_states, value_states):
+            batch, heads_kv, _, head_dim = key_states.shape
+            capacity = -(-self.max_cache_len // BLOCK_N) * BLOCK_N
+            self.cache = Int8KVCache(batch, heads_kv, capacity, head_dim, key_states.dtype, key_states.device)
+            self.keys, self.values = self.cache.arrays["k_int8"], self.cache.arrays["v_cache"]
+            setattr(self.keys, _CACHE_TAG, self.cache)
+            self.device = key_states.device
+            self.is_initialized = True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            prompt = self.cache.tokens == 0
+            if not prompt and key_states.shape[2] > BLOCK_M:
+                raise ValueError(f"Int8Cache: after the prompt at most {BLOCK_M} tokens a step are supported, got "
+                                 f"{key_states.shape[2]}")
+            self.cache.append(key_states, value_states)
+            # the prompt attends to itself with the plain call; later steps to the cache (tagged keys)
+            return (key_states, value_states) if prompt else (self.keys, self.values)
+
+        def get_mask_sizes(self, query_length):
+            return self.get_seq_length() + query_length, 0
+
+        def get_seq_length(self):
+            return self.cache.tokens if self.is_initialized else 0
+
+        def get_max_length(self):
+            return self.max_cache_len
+
+        def reset(self):
+            if self.is_initialized:
+                for t in self.cache.arrays.values():
+                    t.zero_()
+                self.cache.tokens = 0
+
+        def reorder_cache(self, beam_idx):
+            raise NotImplementedError("Int8Cache: beam search (reordering the cache) is not supported")
+
+    class Int8Cache(Cache):
+        """A transformers Cache of INT8 KV cache layers, one per decoder layer, each holding up to
+        max_cache_len tokens (prompt and generated)."""
+
+        def __init__(self, config, max_cache_len):
+            if not isinstance(max_cache_len, int) or max_cache_len < 1:
+                raise ValueError(f"Int8Cache: max_cache_len must be a positive int, got {max_cache_len!r}")
+            text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+            super().__init__(layers=[Int8CacheLayer(max_cache_len) for _ in range(text_config.num_hidden_layers)])
+
+    return Int8Cache
+
+
+def __getattr__(name):
+    if name == "Int8Cache":
+        return _int8_cache_classes()
+    raise AttributeError(name)
 
 # Keyword arguments some models pass to change attention in ways the kernel cannot do; any non-None value is refused.
 _UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias")
@@ -141,6 +222,7 @@ def sparse_sageattn_attention(module, query, key, value, attention_mask, dropout
     """transformers' `AttentionInterface` function: query (B, Hq, Nq, D), key / value (B, Hkv, Nk, D) in, returns
     (attn_output (B, Nq, Hq, D), None). GQA goes to the kernel as is (no repeat_kv). attention_mask: None, or from
     a static cache the written keys per batch row (int32 (B,), the mask function's), passed on as kv_lens."""
+    int8_cache = getattr(key, _CACHE_TAG, None)
     kv_lens = None
     if (isinstance(attention_mask, torch.Tensor) and attention_mask.dtype == torch.int32
             and tuple(attention_mask.shape) == (query.shape[0],)):
@@ -162,6 +244,11 @@ def sparse_sageattn_attention(module, query, key, value, attention_mask, dropout
     is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     if callable(mask_id):
         mask_id = mask_id(query.shape[2], key.shape[2], query.device)
+    if int8_cache is not None:  # a decoding step over an Int8Cache layer: (B, Hq, Nq, D) in, as the cache holds
+        if pv_dtype != "fp16":
+            raise ValueError("sparse_sageattn: an Int8Cache is attended with pv_dtype='fp16'")
+        out = int8_cache.attend(query, mask_id=mask_id, is_causal=bool(is_causal), sm_scale=scaling)
+        return out.transpose(1, 2), None
     # (B, H, N, D) views in, read as NHD without a copy, so the output comes out (B, Nq, Hq, D) as transformers
     # expects.
     out = sparse_sageattn(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), mask_id=mask_id,

@@ -117,3 +117,69 @@ def test_prefill_into_a_static_cache_with_kv_lens():
     q, k, v, lens = cache(17, 2, 8, 2, 1024, 4096, kv_lens=(1024, 3000))
     out, lse = sparse_sageattn(q, k, v, is_causal=True, kv_lens=lens, return_lse=True)
     check(q, k, v, None, True, lens, out, lse)
+
+
+def int8_cache_step(cache, q, k_new, v_new):
+    cache.append(k_new, v_new)
+    return cache.attend(q, is_causal=True)
+
+
+def test_int8_cache_at_decoding_sizes_against_reference():
+    """A 32k-token prompt into an INT8 cache, 3 one-token appends, then Nq=1 and Nq=16 attention (bf16, GQA 32/8):
+    the contract's bounds against the float64 reference over every appended key."""
+    from sparse_sageattn.torch.kv_cache import Int8KVCache
+
+    q, k, v, _ = cache(21, 2, 32, 8, 16, 32768 + 3)
+    kv = Int8KVCache(2, 8, 33024, 128, torch.bfloat16, "cuda")
+    kv.append(k[:, :, :32768], v[:, :, :32768])
+    for i in range(32768, 32771):
+        kv.append(k[:, :, i:i + 1], v[:, :, i:i + 1])
+    for n_q in (1, 16):
+        out, lse = kv.attend(q[:, :, :n_q], is_causal=True, return_lse=True)
+        check(q[:, :, :n_q], k, v, None, True, None, out, lse)
+
+
+def test_int8_cache_decode_step_replays_in_a_cuda_graph():
+    """append + attend captured once and replayed: the same bits as the same steps run eagerly on a twin cache
+    (the host's token count does not advance under replay; the device's lens does)."""
+    from sparse_sageattn.torch.kv_cache import Int8KVCache
+
+    q, k, v, _ = cache(23, 4, 32, 8, 1, 4096)
+    graphed, eager = (Int8KVCache(4, 8, 8192, 128, torch.bfloat16, "cuda") for _ in range(2))
+    for kv in (graphed, eager):
+        kv.append(k, v)
+    gen = torch.Generator(device="cuda").manual_seed(24)
+    k_new = torch.randn(4, 8, 1, 128, generator=gen, device="cuda").to(k.dtype)
+    v_new = torch.randn(4, 8, 1, 128, generator=gen, device="cuda").to(k.dtype)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        int8_cache_step(graphed, q, k_new, v_new)  # warm-up: compile outside the capture
+        int8_cache_step(eager, q, k_new, v_new)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = int8_cache_step(graphed, q, k_new, v_new)  # recorded, not run
+    for _ in range(3):
+        k_new.copy_(torch.randn(k_new.shape, generator=gen, device="cuda"))
+        v_new.copy_(torch.randn(v_new.shape, generator=gen, device="cuda"))
+        q.copy_(torch.randn(q.shape, generator=gen, device="cuda"))
+        graph.replay()
+        expected = int8_cache_step(eager, q, k_new, v_new)
+        torch.cuda.synchronize()
+        assert torch.equal(captured, expected)
+    assert graphed.lens.tolist() == eager.lens.tolist() == [4096 + 4] * 4
+    for name, t in graphed.arrays.items():
+        assert torch.equal(t, eager.arrays[name]), name
+
+
+def test_int8_cache_bitwise_deterministic():
+    from sparse_sageattn.torch.kv_cache import Int8KVCache
+
+    q, k, v, _ = cache(25, 8, 32, 8, 1, 32768)
+    outs = []
+    for _ in range(2):
+        kv = Int8KVCache(8, 8, 32768, 128, torch.bfloat16, "cuda")
+        kv.append(k, v)
+        outs.append((kv.attend(q, is_causal=True), kv.arrays["k_int8"], kv.arrays["k_scale"]))
+    assert all(torch.equal(a, b) for a, b in zip(*outs))

@@ -124,3 +124,20 @@ def test_generate_with_a_static_cache():
     prefill = [c for c in calls if c[0].shape[2] == 1500]
     # the prefill calls against the reference on the written keys only
     check_calls([(q, k[:, :, :1500], v[:, :, :1500], scaling, out) for q, k, v, scaling, out in prefill])
+
+
+def test_generate_with_an_int8_cache():
+    """past_key_values=Int8Cache: the prompt through the plain call, then every step over INT8 keys; the last
+    step's logits as close to eager's as the contract allows, and the cache holds every token."""
+    from sparse_sageattn.torch.transformers import Int8Cache
+
+    model, eager, calls = models("sparse_sageattn_gpu_int8")
+    ids = torch.randint(0, 1024, (1, 1500), generator=torch.Generator().manual_seed(5)).cuda()
+    with torch.no_grad():
+        kwargs = dict(max_new_tokens=8, do_sample=False, return_dict_in_generate=True, output_logits=True)
+        cache = Int8Cache(model.config, 1508)
+        int8 = model.generate(ids, past_key_values=cache, **kwargs)
+        ref = eager.generate(ids, **kwargs)
+    assert logits_cosine(int8.logits[-1], ref.logits[-1]) >= LOGITS_COS_MIN
+    assert all(layer.cache.lens.tolist() == [1507] for layer in cache.layers)
+    assert {k.dtype for _, k, _, _, _ in calls} == {torch.float16, torch.int8}  # prompt, then the INT8 steps
