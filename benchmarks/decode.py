@@ -537,7 +537,8 @@ def print_table(records, peer):
               f"{fmt(get(SDPA_CUDNN, 'ms'), '.3f'):>9} {fmt(get(OURS_JAX, 'ms'), '.3f'):>8} "
               f"{'—' if bitwise is None else str(bitwise):>10} {fmt(get(OURS_KV_LENS, 'ms'), '.3f'):>10} "
               f"{fmt(get(OURS_INT8, 'ms'), '.3f'):>8} {fmt(int8_ratio(r, peer), '.2f'):>9} "
-              f"{fmt(get(OURS_INT8, 'cache_over_bf16_kv'), '.3f'):>8} {fmt(get(OURS_INT8, 'append_one_token_ms'), '.3f'):>9} "
+              f"{fmt(get(OURS_INT8, 'cache_over_bf16_kv'), '.3f'):>8} "
+              f"{fmt(get(OURS_INT8, 'append_one_token_ms'), '.3f'):>9} "
               f"{verdicts.get(r['row'], '')}/{verdicts.get(r['row'] + '_int8', '-')}")
 
 

@@ -8,7 +8,10 @@ bytes it must move and its TB/s: sums_and_lists reads K, split_kv reads K and V,
 Then the public call (eager, do_bench) and SDPA flash with enable_gqa on the same tensors, and the call's
 output against the table variant's (max |diff|). Inputs: random, K with a per-channel offset, two sets rotated.
 
-GPU:  python benchmarks/split_kv_ab.py --variant num_stages=2 --variant num_warps=8 [--out results.json]
+--int8-cache: the same over an Int8KVCache filled with K and V (make_attend_plan: the lists launch, the split-KV
+launch reading INT8 K and V in its dtype, the combine); the call is Int8KVCache.attend.
+
+GPU:  python benchmarks/split_kv_ab.py --variant num_stages=2 --variant num_warps=8 [--int8-cache] [--out results.json]
 """
 import argparse
 import json
@@ -18,8 +21,10 @@ import triton
 import triton.testing
 
 from sparse_sageattn import sparse_sageattn
+from sparse_sageattn.core_kernels import kv_cache
 from sparse_sageattn.core_kernels.attention import make_plan
 from sparse_sageattn.torch import _launch
+from sparse_sageattn.torch.kv_cache import Int8KVCache
 
 SHAPES = ((1, 32768, 8), (16, 32768, 8), (1, 131072, 1))
 HEADS_Q, HEADS_KV, HEAD_DIM = 32, 8, 128
@@ -39,26 +44,41 @@ def inputs(seed, n_q, n_k, batch):
 
 
 def launch_bytes(step, plan, arrays):
-    kv = arrays["k"].numel() * arrays["k"].element_size()
+    k_bytes = arrays["k"].numel() * arrays["k"].element_size()
+    v_bytes = arrays["v"].numel() * arrays["v"].element_size()
     if step.name == "sums_and_lists":
-        return kv
+        return k_bytes if plan.buffers["k_channel_sums"].shape[0] > 1 else 0  # the K sums (none for a cache)
     if step.name == "split_kv":
-        return 2 * kv
+        return k_bytes + v_bytes
     return sum(plan.buffers[n].shape[0] * 4 for n in ("partial_out", "partial_lse"))
 
 
-def run_shape(shape, variants):
+def filled_cache(k, v):
+    cache = Int8KVCache(k.shape[0], k.shape[1], k.shape[2], k.shape[3], k.dtype, k.device)
+    cache.append(k, v)
+    return cache
+
+
+def run_shape(shape, variants, int8_cache=False):
     n_q, n_k, batch = shape
     sets = [inputs(seed, n_q, n_k, batch) for seed in (1, 2)]
     q, k, v = sets[0]
-    descs = [_launch.describe(x) for x in (q, k, v)]
+    caches = [filled_cache(k_, v_) for _, k_, v_ in sets] if int8_cache else None
     capability = torch.cuda.get_device_capability()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows, reference = [], None
     for over in variants:
-        plan = make_plan(*descs, None, True, "HND", None, True, False, capability, num_sms=sms,
-                         split_kv_override=over or None)
-        arrays = {"q": q, "k": k, "v": v}
+        if int8_cache:
+            a = caches[0].arrays
+            descs = {n: _launch.describe(a[n]) for n in kv_cache.ATTEND_ARRAYS}
+            plan = kv_cache.make_attend_plan(_launch.describe(q), descs, None, True, "HND", None, False, capability,
+                                             num_sms=sms, split_kv_override=over or None)
+            arrays = {"q": q, "k": a["k_int8"], "v": a["v_cache"], "kv_lens": a["lens"], "k_scale": a["k_scale"],
+                      "k_mean": a["k_mean"]}
+        else:
+            plan = make_plan(*(_launch.describe(x) for x in (q, k, v)), None, True, "HND", None, True, False,
+                             capability, num_sms=sms, split_kv_override=over or None)
+            arrays = {"q": q, "k": k, "v": v}
         env = _launch.run(plan, arrays, q.device)
         out = env["out"].float()
         reference = out if reference is None else reference
@@ -75,6 +95,8 @@ def run_shape(shape, variants):
 
     def ours():
         i[0] += 1
+        if int8_cache:
+            return caches[i[0] % 2].attend(sets[i[0] % 2][0], is_causal=True)
         return sparse_sageattn(*sets[i[0] % 2], is_causal=True)
 
     def flash():
@@ -85,17 +107,19 @@ def run_shape(shape, variants):
 
     call_ms, flash_ms = triton.testing.do_bench(ours), triton.testing.do_bench(flash)
     return dict(shape=dict(n_q=n_q, n_k=n_k, batch=batch), variants=rows, call_ms=call_ms, flash_ms=flash_ms,
-                kv_bytes=2 * k.numel() * k.element_size())
+                kv_bytes=2 * k.numel() * k.element_size())  # bf16 K + V: what flash reads
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", action="append", default=[], help="split_kv_override fields, e.g. num_stages=2")
+    parser.add_argument("--int8-cache", action="store_true", help="attention over an Int8KVCache of K and V")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     variants = [{}] + [parse_variant(v) for v in args.variant]
     results = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                   shapes=[run_shape(shape, variants) for shape in SHAPES])
+                   int8_cache=args.int8_cache,
+                   shapes=[run_shape(shape, variants, args.int8_cache) for shape in SHAPES])
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
@@ -111,7 +135,8 @@ def main(argv=None):
                   f"{lau['split_kv']['ms']:8.4f} {lau['split_kv']['tbps']:5.2f} {comb:7.4f} "
                   f"{lau['split_kv']['SPLITS']:>6} {row['max_diff']:8.1e}")
         print(f"    call {shape['call_ms']:.4f} ms, SDPA flash {shape['flash_ms']:.4f} ms "
-              f"({shape['kv_bytes'] / shape['flash_ms'] / 1e9:.2f} TB/s): ratio {shape['call_ms'] / shape['flash_ms']:.2f}")
+              f"({shape['kv_bytes'] / shape['flash_ms'] / 1e9:.2f} TB/s): "
+              f"ratio {shape['call_ms'] / shape['flash_ms']:.2f}")
 
 
 if __name__ == "__main__":

@@ -271,7 +271,8 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
              partial_sums_ptr=Ref("k_channel_sums"), partial_amax_ptr=Ref("v_channel_amax"),
              counts_ptr=Ref("block_counts"), indices_ptr=Ref("block_indices"),
              ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, TILE_ROWS=configs.SUMS_TILE_ROWS, **dims,
-             SMOOTH_K=smooth_k and not k_int8, PV_FP8=pv_fp8, **blocks, KB_TILE=configs.KB_TILE, HAS_MASK=mask_id is not None, IS_CAUSAL=is_causal),
+             SMOOTH_K=smooth_k and not k_int8, PV_FP8=pv_fp8, **blocks, KB_TILE=configs.KB_TILE,
+             HAS_MASK=mask_id is not None, IS_CAUSAL=is_causal),
         ("k_channel_sums", "v_channel_amax", "block_counts", "block_indices"),
         cfg.sums_and_lists.num_warps, cfg.sums_and_lists.num_stages)
 

@@ -155,13 +155,16 @@ def make_append_plan(k: ArrayDesc, v: ArrayDesc, cache: dict, tensor_layout="HND
 
 
 def make_attend_plan(q: ArrayDesc, cache: dict, mask_id: ArrayDesc | None = None, is_causal=False,
-                     tensor_layout="HND", sm_scale=None, return_lse=False, capability=None, *, num_sms=None) -> Plan:
+                     tensor_layout="HND", sm_scale=None, return_lse=False, capability=None, *, num_sms=None,
+                     split_kv_override=None) -> Plan:
     """Attention of q ((B, Hq, Nq, D) or (B, Nq, Hq, D), Nq <= 128) over the cache's first lens[b] tokens, with
     sparse_sageattn's mask_id / is_causal (aligned to lens) / sm_scale / return_lse. The plan's arrays are named
-    as the attention op's: q, k (the cache's k_int8), v (v_cache), mask_id, kv_lens (lens), k_scale, k_mean."""
+    as the attention op's: q, k (the cache's k_int8), v (v_cache), mask_id, kv_lens (lens), k_scale, k_mean.
+    split_kv_override: as make_plan's (benchmarks of a variant; the frontends never pass it)."""
     batch, heads_kv, capacity, head_dim, dtype = validate_cache(cache, ATTEND_ARRAYS)
     if q.dtype != dtype:
         raise TypeError(f"sparse_sageattn: q must have the cache's dtype {dtype}, got {q.dtype}")
-    return make_plan(q, cache["k_int8"], cache["v_cache"], mask_id, is_causal, tensor_layout, sm_scale, True, return_lse,
-                     capability, kv_lens=cache["lens"], num_sms=num_sms, kv_layout="HND", k_scale=cache["k_scale"],
+    return make_plan(q, cache["k_int8"], cache["v_cache"], mask_id, is_causal, tensor_layout, sm_scale, True,
+                     return_lse, capability, kv_lens=cache["lens"], num_sms=num_sms,
+                     split_kv_override=split_kv_override, kv_layout="HND", k_scale=cache["k_scale"],
                      k_mean=cache["k_mean"])

@@ -61,9 +61,20 @@ def test_decode_smoke(tmp_path):
     assert prop["dense_ms"] == dense["systems"]["sparse_sageattn"]["ms"]
     assert prop["live_fraction_x_dense_ms"] == 3 / 8 * prop["dense_ms"]
 
-    assert [t["row"] for t in data["targets"]] == [r["row"] for r in records[:3]]
-    assert all(t["verdict"] in ("PASS", "MISS") and t["limit"] == 1.6 for t in data["targets"])
+    # the INT8 cache's attend: as accurate, its bytes against bf16 K+V, the cost of a one-token append
+    for r in records:
+        int8 = r["systems"]["sparse_sageattn_int8_cache"]
+        assert int8["status"] == "ok", int8
+        assert int8["cosine"] >= COS_MIN and int8["rel_l1"] <= REL_L1_MAX and int8["ms"] > 0
+        assert int8["cache_over_bf16_kv"] > 0.75 and int8["append_one_token_ms"] > 0
+        assert int8["kv_bytes"] == r["kv_bytes"] * 3 // 4
+
+    rows = [r["row"] for r in records[:3]]
+    expected = [rows[0], rows[0] + "_int8", rows[1], rows[2], rows[2] + "_int8"]  # int8 verdicts at Nq=1
+    assert [t["row"] for t in data["targets"]] == expected
+    assert all(t["verdict"] in ("PASS", "MISS") and t["limit"] == (0.8 if t["row"].endswith("_int8") else 1.6)
+               for t in data["targets"])
     assert stdout.rstrip().splitlines()[-5].startswith("row ")  # the table comes last
 
     targets = run_decode("--targets", str(path))
-    assert "1.6x" in targets and targets.count("PASS") + targets.count("MISS") == 3
+    assert "1.6x" in targets and targets.count("PASS") + targets.count("MISS") == 5
