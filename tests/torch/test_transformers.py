@@ -250,3 +250,36 @@ def test_generate_runs_with_the_mask_generate_passes(device):
     with torch.no_grad():
         assert torch.equal(model.generate(ids, max_new_tokens=4, do_sample=False),
                            eager.generate(ids, max_new_tokens=4, do_sample=False))
+
+
+def test_generate_with_an_int8_cache(device):
+    """past_key_values=Int8Cache: the prompt through the plain call (float keys), then each step over the cache's
+    INT8 keys (int8 key tensors reach the attention function); the final logits match eager fp32, and every layer's
+    cache holds prompt + generated tokens."""
+    from sparse_sageattn.torch.transformers import Int8Cache
+
+    calls = recording("sparse_sageattn_int8")
+    model, eager = models("sparse_sageattn_int8", device)
+    ids = token_ids(1, 150, device)
+    with torch.no_grad():
+        kwargs = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True)
+        cache = Int8Cache(model.config, 154)
+        ours, ref = model.generate(ids, past_key_values=cache, **kwargs), eager.generate(ids, **kwargs)
+    assert torch.equal(ours.sequences, ref.sequences)
+    assert logits_cosine(ours.logits[-1], ref.logits[-1]) >= LOGITS_COS_MIN
+    assert [(c[0].shape[2], c[1].dtype) for c in calls] == [(150, torch.float16)] * 2 + [(1, torch.int8)] * 6
+    assert all(layer.cache.lens.tolist() == [153] for layer in cache.layers)
+    with pytest.raises(NotImplementedError, match="beam search"):
+        cache.layers[0].reorder_cache(torch.tensor([0], device=device))
+
+
+def test_int8_cache_refuses_long_chunks_after_the_prompt(device):
+    from sparse_sageattn.torch.transformers import Int8Cache
+
+    register()
+    model, _ = models("sparse_sageattn", device)
+    cache = Int8Cache(model.config, 512)
+    with torch.no_grad():
+        model(token_ids(1, 20, device), **with_cache(model, cache), use_cache=True)
+        with pytest.raises(ValueError, match="at most 128 tokens a step"):
+            model(token_ids(1, 129, device), **with_cache(model, cache), use_cache=True)
