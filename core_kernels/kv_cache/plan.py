@@ -111,9 +111,8 @@ def make_append_plan(k: ArrayDesc, v: ArrayDesc, cache: dict, tensor_layout="HND
     k_strides, v_strides = (tuple(s // align for s in st) for st in (k_strides, v_strides))
     launches = []
     n_chunks = cdiv(n_new, configs.ROWS_PER_CHUNK)
-    buffers["k_channel_sums"] = Buffer(flat(batch * heads_kv, n_chunks, head_dim_pad) if first_fill else (1,),
-                                       "float32")
     if first_fill:  # the smoothing vector: the new keys' channel sums (the lists half of the launch is empty)
+        buffers["k_channel_sums"] = Buffer(flat(batch * heads_kv, n_chunks, head_dim_pad), "float32")
         buffers["unused_lists"] = Buffer((1,), "int32")
         buffers["unused_amax"] = Buffer((1,), "float32")
         cfg = configs.lookup(None, head_dim_pad, dtype)
@@ -135,7 +134,8 @@ def make_append_plan(k: ArrayDesc, v: ArrayDesc, cache: dict, tensor_layout="HND
     append_blocks = cdiv(n_new, BLOCK_N) + 1
     launches.append(Launch(
         "append", append_kernel, (batch * heads_kv * append_blocks,),
-        dict(k_ptr=Ref("k"), v_ptr=Ref("v"), partial_sums_ptr=Ref("k_channel_sums"), lens_ptr=Ref("lens"),
+        dict(k_ptr=Ref("k"), v_ptr=Ref("v"), partial_sums_ptr=Ref("k_channel_sums" if first_fill else "k"),
+             lens_ptr=Ref("lens"),
              **{f"cache_{n}_ptr": Ref(n) for n in ("k_int8", "k_scale", "k_mean", "k_tail")},
              cache_v_ptr=Ref("v_cache"),
              n_new=n_new, capacity=capacity, heads_kv=heads_kv,

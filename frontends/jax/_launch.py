@@ -10,6 +10,10 @@ static options to a `Plan`:
   - `custom_vmap`: mapped axes are folded into the batch (one launch), by the op's `fold` rule;
   - `custom_vjp` refusing differentiation with the op's message, when it gives one.
 An empty problem (a plan without launches) returns the plan's filled outputs without any kernel.
+
+An output the plan aliases to an argument (Plan.aliases: a cache updated in place) is that argument's buffer:
+each launch writing it passes jax-triton `input_output_aliases`, so XLA hands the kernel the argument's memory
+(copied first unless the caller donates it, `jax.jit(..., donate_argnums=...)`) and returns it as the output.
 """
 import functools
 import os
@@ -96,9 +100,12 @@ def triton_calls(plan, env: dict, capability) -> dict:
                 extra[_gluon.MAXNREG_PARAM] = step.maxnreg
         elif step.maxnreg is not None:
             raise ValueError(f"launch {step.name!r}: maxnreg reaches jax-triton only for Gluon kernels")
+        # indices among the array arguments, which jax-triton numbers in step.inputs order
+        aliases = {step.inputs.index(plan.aliases[o]): j for j, o in enumerate(step.outputs) if o in plan.aliases}
         outputs = jax_triton.triton_call(
             *(env[n] for n in step.inputs), *step.scalars,
             kernel=step.kernel, out_shape=out_shape, grid=step.grid, name=f"sparse_sageattn_{step.name}",
+            input_output_aliases=aliases,
             num_warps=step.num_warps, num_stages=step.num_stages,
             compute_capability=capability[0] * 10 + capability[1], **step.constexprs, **extra,
         )
@@ -166,8 +173,9 @@ class PlanOp:
         values = tuple(arrays[n] for n in names)
         plan = self.plan(names, values, options)
         returned = plan.outputs[:self.n_returned(options)] if self.n_returned else plan.outputs
-        if not plan.launches:  # an empty problem: the filled outputs, nothing to compute
-            return tuple(jnp.full(plan.buffers[n].shape, plan.buffers[n].fill, jnp.dtype(plan.buffers[n].dtype))
+        if not plan.launches:  # an empty problem: the filled outputs (an aliased one: its argument), no kernel
+            return tuple(arrays[plan.aliases[n]] if n in plan.aliases else
+                         jnp.full(plan.buffers[n].shape, plan.buffers[n].fill, jnp.dtype(plan.buffers[n].dtype))
                          for n in returned)
         return self._batched(names, options, len(returned))(*values)
 

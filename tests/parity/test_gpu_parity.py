@@ -6,6 +6,7 @@ made once in numpy and the same bits are handed to both frameworks.
 
     python -m pytest -q tests/parity -m gpu
 """
+import functools
 import os
 
 os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
@@ -18,7 +19,9 @@ import torch  # noqa: E402
 
 from sparse_sageattn import sparse_sageattn as torch_attention  # noqa: E402
 from sparse_sageattn.jax import CAPABILITY_ENV, sharded_sparse_sageattn  # noqa: E402
+from sparse_sageattn.jax import cache_append, cache_attend, init_cache  # noqa: E402
 from sparse_sageattn.jax import sparse_sageattn as jax_attention  # noqa: E402
+from sparse_sageattn.torch.kv_cache import Int8KVCache  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -56,12 +59,12 @@ def to_jax(x):
 
 
 def bits(x):
-    """The raw bits of a torch tensor or JAX array, as a numpy integer array."""
+    """The raw bits of a torch tensor or JAX array (1, 2 or 4 bytes an element), as a numpy integer array."""
     if isinstance(x, torch.Tensor):
         x = x.cpu()
-        return x.view(torch.int16 if x.element_size() == 2 else torch.int32).numpy()
+        return x.view({1: torch.int8, 2: torch.int16, 4: torch.int32}[x.element_size()]).numpy()
     x = np.asarray(x)
-    return x.view(np.int16 if x.dtype.itemsize == 2 else np.int32)
+    return x.view({1: np.int8, 2: np.int16, 4: np.int32}[x.dtype.itemsize])
 
 
 def assert_bitwise(case, **kwargs):
@@ -185,3 +188,51 @@ def test_split_kv_and_kv_lens(dtype, n_q, n_k, heads_q, heads_kv, mask_shape, kv
         j_out, j_lse = jax_attention(*map(to_jax, case), kv_lens=to_jax(lens), return_lse=True, **kwargs)
         for name, t, j in (("out", t_out, j_out), ("lse", t_lse, j_lse)):
             assert np.array_equal(bits(t), bits(j)), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_kv_cache(dtype):
+    """The torch Int8KVCache and the JAX one, fed the same tokens (a 300-token prompt, then 1, 1 and 17 more, both
+    layouts), hold the same bits in every array after each append, and attention over them (1 and 16 queries,
+    causal) gives the same out and lse bits; so do decode steps jitted with the cache donated (updated in place)."""
+    batch, heads_kv, heads_q, head_dim, capacity = 2, 2, 8, 128, 1024
+    np_dtype, torch_dtype, _ = DTYPES[dtype]
+    rng = np.random.default_rng(9)
+    offset = 2.0 * rng.standard_normal(head_dim, dtype=np.float32)  # what K's smoothing vector is for
+    torch_cache = Int8KVCache(batch, heads_kv, capacity, head_dim, torch_dtype, device="cuda")
+    with jax.default_device(jax.devices("gpu")[0]):
+        jax_cache = init_cache(batch, heads_kv, capacity, head_dim, np_dtype)
+    for n, layout in ((300, "HND"), (1, "NHD"), (1, "HND"), (17, "NHD")):
+        shape = (batch, heads_kv, n, head_dim) if layout == "HND" else (batch, n, heads_kv, head_dim)
+        k = (rng.standard_normal(shape, dtype=np.float32) + offset).astype(np_dtype)
+        v = rng.standard_normal(shape, dtype=np.float32).astype(np_dtype)
+        torch_cache.append(to_torch(k), to_torch(v), layout)
+        jax_cache = cache_append(jax_cache, to_jax(k), to_jax(v), layout)
+        for name, t in torch_cache.arrays.items():
+            assert np.array_equal(bits(t), bits(getattr(jax_cache, name))), f"{name} after appending {n}"
+    for n_q, layout in ((1, "HND"), (16, "NHD")):
+        shape = (batch, heads_q, n_q, head_dim) if layout == "HND" else (batch, n_q, heads_q, head_dim)
+        q = rng.standard_normal(shape, dtype=np.float32).astype(np_dtype)
+        t_out, t_lse = torch_cache.attend(to_torch(q), is_causal=True, tensor_layout=layout, return_lse=True)
+        j_out, j_lse = cache_attend(jax_cache, to_jax(q), is_causal=True, tensor_layout=layout, return_lse=True)
+        for name, t, j in (("out", t_out, j_out), ("lse", t_lse, j_lse)):
+            assert np.array_equal(bits(t), bits(j)), f"{name} of {n_q} queries"
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(cache, k, v, q):
+        cache = cache_append(cache, k, v)
+        return cache, cache_attend(cache, q, is_causal=True, return_lse=True)
+
+    for _ in range(3):
+        k, v = (rng.standard_normal((batch, heads_kv, 1, head_dim), dtype=np.float32).astype(np_dtype)
+                for _ in range(2))
+        q = rng.standard_normal((batch, heads_q, 1, head_dim), dtype=np.float32).astype(np_dtype)
+        torch_cache.append(to_torch(k), to_torch(v))
+        t_out, t_lse = torch_cache.attend(to_torch(q), is_causal=True, return_lse=True)
+        donated = jax_cache
+        jax_cache, (j_out, j_lse) = step(jax_cache, to_jax(k), to_jax(v), to_jax(q))
+        assert donated.k_int8.is_deleted()
+        for name, t in torch_cache.arrays.items():
+            assert np.array_equal(bits(t), bits(getattr(jax_cache, name))), f"{name} after a jitted step"
+        assert np.array_equal(bits(t_out), bits(j_out)) and np.array_equal(bits(t_lse), bits(j_lse))
+    assert int(jax_cache.lens[0]) == 322 and step._cache_size() == 1
