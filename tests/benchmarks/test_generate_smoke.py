@@ -1,7 +1,7 @@
 """benchmarks/generate.py --smoke end to end in a child process: a tiny random Llama through HF `model.generate`
 (on CPU the kernels run through the Triton interpreter, SDPA's math backend is the forced peer and cuDNN / flash are
-recorded as skipped): every path and cache recorded with prefill and decode times, ours with the dynamic and the
-static cache, greedy tokens compared with the reference backend, the targets' verdicts, the table last, and
+recorded as skipped): every path and cache recorded with prefill and decode times, ours with the dynamic, the
+static and the INT8 cache, greedy tokens compared with the reference backend, the targets' verdicts, the table last, and
 `--targets` reading the results file back."""
 import json
 import os
@@ -33,7 +33,7 @@ def test_generate_smoke(tmp_path):
     assert path.name == f"generate-{slug}-{meta['date']}.json"
 
     forced_peers = ("sdpa_cudnn", "sdpa_flash") if on_gpu else ("sdpa_math",)
-    ours_caches = ("dynamic", "static", "static_eager") if on_gpu else ("dynamic", "static")
+    ours_caches = ("dynamic", "static", "static_eager", "int8") if on_gpu else ("dynamic", "static", "int8")
     by_key = {(r["path"], r["cache"], r["prompt"]): r for r in records}
     assert len(by_key) == len(records) == len(meta["configs"]) * len(PROMPTS)
     for prompt in PROMPTS:
@@ -57,18 +57,24 @@ def test_generate_smoke(tmp_path):
         assert static["generate_kwargs"]["cache_implementation"] == "static"
         assert static["generate_kwargs"]["max_cache_len"] == prompt + NEW_TOKENS
         assert static["compiled"] == on_gpu
+        int8 = by_key[("sparse_sageattn", "int8", prompt)]
+        assert int8["generate_kwargs"]["int8_cache_len"] == prompt + NEW_TOKENS
+        assert "cache_implementation" not in int8["generate_kwargs"]
         # the first greedy token comes from the prefill's logits: ours and the reference backend agree on it
         for cache in ours_caches:
             assert by_key[("sparse_sageattn", cache, prompt)]["leading_tokens_equal"] >= 1
         base = by_key[(static["baseline"], "dynamic", prompt)]
         assert base["ratio"] == 1.0
 
-    assert [t["prompt"] for t in data["targets"]] == list(PROMPTS)
-    assert all(t["verdict"] in ("PASS", "MISS") and t["limit"] == 1.0 for t in data["targets"])
+    expected = [(prompt, cache) for prompt in PROMPTS for cache in ("dynamic", "int8")]
+    assert [(t["prompt"], t["cache"]) for t in data["targets"]] == expected
+    assert all(t["verdict"] in ("PASS", "MISS") and t["limit"] == (1.0 if t["cache"] == "dynamic" else 1.2)
+               for t in data["targets"])
     ours = by_key[("sparse_sageattn", "dynamic", PROMPTS[0])]
     assert data["targets"][0]["ratio"] == ours["ratio"]
+    assert data["targets"][1]["ratio"] == by_key[("sparse_sageattn", "int8", PROMPTS[0])]["ratio"]
     lines = stdout.rstrip().splitlines()
     assert lines[-len(records) - 1].startswith("path ")  # the table comes last, one line per record
 
     targets = run_generate("--targets", str(path))
-    assert "1.0x" in targets and targets.count("PASS") + targets.count("MISS") == len(PROMPTS)
+    assert "1.0x" in targets and targets.count("PASS") + targets.count("MISS") == 2 * len(PROMPTS)
