@@ -29,6 +29,11 @@ def cache_buffers(batch, heads_kv, capacity, head_dim, dtype) -> dict:
         raise ValueError(f"KV cache: head_dim must be a multiple of 8 between 8 and {MAX_HEAD_DIM}, got {head_dim}")
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"KV cache: dtype must be float16 or bfloat16, got {dtype}")
+    return _cache_shapes(batch, heads_kv, capacity, head_dim, dtype)
+
+
+def _cache_shapes(batch, heads_kv, capacity, head_dim, dtype) -> dict:
+    """cache_buffers without the checks of Python ints (sizes may be torch SymInts while torch.compile traces)."""
     rows = (batch, heads_kv, capacity, head_dim)
     return {
         "k_int8": Buffer(rows, "int8", 0),
@@ -54,7 +59,11 @@ def validate_cache(cache: dict, required=CACHE_ARRAYS):
         raise ValueError(f"KV cache: k_int8 must be (B, Hkv, capacity, D), got shape {fmt_shape(k.shape)}")
     batch, heads_kv, capacity, head_dim = k.shape
     dtype = cache["v_cache"].dtype
-    expected = cache_buffers(batch, heads_kv, capacity, head_dim, dtype)
+    if capacity % BLOCK_N or not 8 <= head_dim <= MAX_HEAD_DIM or head_dim % 8 or dtype not in FLOAT_DTYPES:
+        raise ValueError(f"KV cache: not a cache (capacity a multiple of {BLOCK_N}, head_dim a multiple of 8 up to "
+                         f"{MAX_HEAD_DIM}, float16 or bfloat16 values), got k_int8 of shape {fmt_shape(k.shape)} and "
+                         f"v_cache of {dtype}")
+    expected = _cache_shapes(batch, heads_kv, capacity, head_dim, dtype)
     for name, buf in expected.items():
         if name not in cache:
             continue

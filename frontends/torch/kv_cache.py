@@ -54,6 +54,8 @@ class Int8KVCache:
 
     arrays: name -> tensor (core_kernels.kv_cache.CACHE_ARRAYS), updated in place by `append`; `lens` (int32,
     (B,), on the device) counts each row's tokens. Rows advance together (every append adds n tokens to each).
+    `tokens` is the host's count, which append checks against the capacity; a replayed CUDA graph advances
+    `lens` but not `tokens`, and tokens past the capacity are then dropped on the device (lens stops there).
     """
 
     def __init__(self, batch, heads_kv, capacity, head_dim, dtype=torch.float16, device="cuda"):

@@ -135,3 +135,18 @@ def test_memory_is_three_quarters_of_a_bf16_cache(device):
     cache = Int8KVCache(1, 2, 32768, 128, torch.float16, device)
     bf16_bytes = 2 * 2 * 32768 * 128 * 2  # K and V
     assert 0.75 < cache.nbytes / bf16_bytes <= 0.752  # scales, mean and the 64-token tail: 0.1%
+
+
+def test_custom_ops_pass_opcheck(device):
+    """Both ops as torch.compile sees them: the schema (append mutates the cache arrays), the fake
+    implementations, and dynamic shapes."""
+    from sparse_sageattn.torch.kv_cache import _append, _attend
+
+    cache = Int8KVCache(1, 2, 128, 64, torch.float16, device)
+    _, k, v = make_qkv(1, 1, 2, 2, 1, 70, 64, device=device)
+    a = cache.arrays
+    torch.library.opcheck(_append.custom_op, (k, v, *a.values(), "HND", True))
+    cache.append(k, v)
+    q = make_qkv(2, 1, 4, 2, 3, 1, 64, device=device)[0]
+    torch.library.opcheck(_attend.custom_op, (q, None, a["k_int8"], a["v_cache"], a["lens"], a["k_scale"],
+                                              a["k_mean"], True, "HND", None, True))
