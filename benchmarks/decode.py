@@ -17,6 +17,8 @@ Systems:
                            K and V (one append, not timed): INT8 K, V in its dtype, no pass over K. Also recorded:
                            the cache's bytes against the bf16 K+V bytes, and the ms of appending one token (the
                            mean of APPEND_CALLS calls between two synchronizations; SMOKE_CALLS on CPU)
+  sparse_sageattn_jax_int8_cache  sparse_sageattn.jax's cache_attend under jax.jit over the same cache arrays
+                           (dlpack), timed like the JAX call; its output is compared bitwise with the torch cache's
   sparse_sageattn_jax      sparse_sageattn.jax under jax.jit on the same bits (dlpack), timed as benchmarks/run.py
                            times JAX (groups of JAX_GROUP calls ending in block_until_ready); its output is
                            compared bitwise with the torch call's
@@ -71,6 +73,7 @@ TARGET_RATIO = 1.6  # ours <= 1.6x SDPA flash at each of the three dense rows
 
 OURS, OURS_KV_LENS, OURS_JAX = "sparse_sageattn", "sparse_sageattn_kv_lens", "sparse_sageattn_jax"
 OURS_INT8 = "sparse_sageattn_int8_cache"
+OURS_JAX_INT8 = "sparse_sageattn_jax_int8_cache"
 APPEND_CALLS = 200  # one-token appends timed per row (each grows the cache: not a do_bench loop)
 INT8_TARGET_RATIO = 0.8  # the INT8 cache's attend at least 1.25x faster than SDPA flash (Nq=1, fp16/bf16 V)
 INT8_MEMORY_LIMIT = 0.76  # its bytes against the bf16 cache's K+V
@@ -304,7 +307,7 @@ class Bench:
                 systems[OURS_KV_LENS]["bitwise_equal_to_plain"] = bool(torch.equal(out_kv, out_ours))
         else:
             systems[OURS_KV_LENS] = dict(status="skipped", reason="sparse_sageattn has no kv_lens keyword")
-        self._run_int8_cache(row, mask, sets, run_ours, full_bytes)
+        self._run_int8_cache(row, mask, sets, jax_sets, run_ours, accuracy, full_bytes)
 
         if self.jax is not None:
             systems[OURS_JAX] = self._run_jax(row, mask, jax_sets, sample, accuracy, out_ours, full_bytes)
@@ -342,7 +345,7 @@ class Bench:
         record["jax_bitwise_equal"] = systems.get(OURS_JAX, {}).get("bitwise_equal_to_torch")
         return record
 
-    def _run_int8_cache(self, row, mask, sets, run_ours, full_bytes):
+    def _run_int8_cache(self, row, mask, sets, jax_sets, run_ours, accuracy, full_bytes):
         torch = self.torch
         try:
             from sparse_sageattn.torch.kv_cache import Int8KVCache
@@ -360,9 +363,12 @@ class Bench:
                                             self.device)
                 caches[id(k)].append(k, v, self.layout)
         layout = self.layout
-        run_ours(OURS_INT8, lambda q, k, v: caches[id(k)].attend(q, mask, True, layout))
+        out_torch = run_ours(OURS_INT8, lambda q, k, v: caches[id(k)].attend(q, mask, True, layout))
         cache = caches[id(sets[0][1])]
         record = run_ours.systems[OURS_INT8]
+        if self.jax is not None:  # before the appends below change the cache
+            run_ours.systems[OURS_JAX_INT8] = self._run_jax_int8_cache(row, mask, sets, jax_sets, caches, out_torch,
+                                                                      accuracy, full_bytes * 3 // 4)
         if record.get("status") == "ok":
             record["kv_bytes"] = full_bytes * 3 // 4  # INT8 K, V in its dtype: what attention reads
             record["cache_bytes"] = cache.nbytes
@@ -379,6 +385,40 @@ class Bench:
                 self.sync()
             record["append_one_token_ms"] = (time.perf_counter() - start) * 1e3 / (append_calls - 1)
         del caches
+
+    def _run_jax_int8_cache(self, row, mask, sets, jax_sets, caches, out_torch, accuracy, nbytes):
+        jax = self.jax
+        try:
+            from sparse_sageattn.jax import Int8KVCache, cache_attend
+        except ImportError:
+            return dict(status="skipped", reason="the installed sparse_sageattn.jax has no Int8KVCache")
+        mask_j = None if mask is None else jax.numpy.asarray(mask.cpu().numpy())
+        layout = self.layout
+        jax_caches = {id(jk): Int8KVCache(**{n: self.to_jax(a) for n, a in caches[id(k)].arrays.items()}, filled=True)
+                      for (_, k, _), (_, jk, _) in zip(sets, jax_sets)}
+        attend = jax.jit(lambda cache, q: cache_attend(cache, q, mask_j, True, layout))
+
+        def fn(q, k, v):
+            return attend(jax_caches[id(k)], q)
+
+        try:
+            out, first_ms, call_ms = self.first_calls(fn, jax_sets[0], lambda o: o.block_until_ready())
+            out_np = np.asarray(out)
+            got = out_np.astype(np.float32)
+            if layout == "NHD":
+                got = got.transpose(0, 2, 1, 3)
+            batch_rows, heads = first_and_last(row.batch), first_and_last(self.heads_q)
+            result = dict(status="ok", first_call_s=first_ms / 1e3,
+                          **accuracy(got[batch_rows][:, heads].astype(np.float64)), kv_bytes=nbytes)
+            if out_torch is not None:
+                torch_bits = out_torch.view(self.torch.int16).cpu().numpy()
+                result["bitwise_equal_to_torch"] = bool(np.array_equal(out_np.view(np.int16), torch_bits))
+            del out
+            result["ms"] = time_group(fn, jax_sets, call_ms, lambda o: o.block_until_ready(), self.sync, self.cuda,
+                                      self.group)
+            return result
+        except Exception as e:
+            return dict(status="error", error=f"{type(e).__name__}: {str(e)[:400]}")
 
     def _run_jax(self, row, mask, jax_sets, sample, accuracy, out_torch, nbytes, with_kv_lens=False):
         jax = self.jax
@@ -521,7 +561,8 @@ def fmt(value, spec, missing="—"):
 def print_table(records, peer):
     head = (f"{'row':<22} {'Nq':>3} {'Nk':>7} {'B':>2} {'ours ms':>8} {peer + ' ms':>14} {'ratio':>6} "
             f"{'TB/s':>6} {'cosine':>8} {'cuDNN ms':>9} {'JAX ms':>8} {'JAX==torch':>10} {'kv_lens ms':>10} "
-            f"{'int8 ms':>8} {'int8/peer':>9} {'int8 mem':>8} {'append ms':>9} {'target':>7}")
+            f"{'int8 ms':>8} {'int8/peer':>9} {'int8 mem':>8} {'append ms':>9} {'JAX int8':>8} {'==torch':>7} "
+            f"{'target':>7}")
     print(head)
     verdicts = {v["row"]: v["verdict"] for v in target_verdicts(records)}
     for r in records:
@@ -538,7 +579,8 @@ def print_table(records, peer):
               f"{'—' if bitwise is None else str(bitwise):>10} {fmt(get(OURS_KV_LENS, 'ms'), '.3f'):>10} "
               f"{fmt(get(OURS_INT8, 'ms'), '.3f'):>8} {fmt(int8_ratio(r, peer), '.2f'):>9} "
               f"{fmt(get(OURS_INT8, 'cache_over_bf16_kv'), '.3f'):>8} "
-              f"{fmt(get(OURS_INT8, 'append_one_token_ms'), '.3f'):>9} "
+              f"{fmt(get(OURS_INT8, 'append_one_token_ms'), '.3f'):>9} {fmt(get(OURS_JAX_INT8, 'ms'), '.3f'):>8} "
+              f"{str(get(OURS_JAX_INT8, 'bitwise_equal_to_torch')):>7} "
               f"{verdicts.get(r['row'], '')}/{verdicts.get(r['row'] + '_int8', '-')}")
 
 

@@ -68,6 +68,11 @@ def test_decode_smoke(tmp_path):
         assert int8["cosine"] >= COS_MIN and int8["rel_l1"] <= REL_L1_MAX and int8["ms"] > 0
         assert int8["cache_over_bf16_kv"] > 0.75 and int8["append_one_token_ms"] > 0
         assert int8["kv_bytes"] == r["kv_bytes"] * 3 // 4
+        jax_int8 = r["systems"].get("sparse_sageattn_jax_int8_cache")
+        if jax_int8 is not None:  # the JAX cache over the same arrays: close on CPU, the same bits on CUDA
+            assert jax_int8["status"] == "ok", jax_int8
+            assert jax_int8["cosine"] >= COS_MIN and jax_int8["ms"] > 0
+            assert jax_int8["bitwise_equal_to_torch"] or not on_gpu
 
     rows = [r["row"] for r in records[:3]]
     expected = [rows[0], rows[0] + "_int8", rows[1], rows[2], rows[2] + "_int8"]  # int8 verdicts at Nq=1
