@@ -394,31 +394,15 @@ class Bench:
             return dict(status="skipped", reason="the installed sparse_sageattn.jax has no Int8KVCache")
         mask_j = None if mask is None else jax.numpy.asarray(mask.cpu().numpy())
         layout = self.layout
-        jax_caches = {id(jk): Int8KVCache(**{n: self.to_jax(a) for n, a in caches[id(k)].arrays.items()}, filled=True)
+        jax_caches = {id(jk): Int8KVCache(**{n: self.to_jax(a) for n, a in caches[id(k)].arrays.items()},
+                                          filled=True)
                       for (_, k, _), (_, jk, _) in zip(sets, jax_sets)}
         attend = jax.jit(lambda cache, q: cache_attend(cache, q, mask_j, True, layout))
 
         def fn(q, k, v):
             return attend(jax_caches[id(k)], q)
 
-        try:
-            out, first_ms, call_ms = self.first_calls(fn, jax_sets[0], lambda o: o.block_until_ready())
-            out_np = np.asarray(out)
-            got = out_np.astype(np.float32)
-            if layout == "NHD":
-                got = got.transpose(0, 2, 1, 3)
-            batch_rows, heads = first_and_last(row.batch), first_and_last(self.heads_q)
-            result = dict(status="ok", first_call_s=first_ms / 1e3,
-                          **accuracy(got[batch_rows][:, heads].astype(np.float64)), kv_bytes=nbytes)
-            if out_torch is not None:
-                torch_bits = out_torch.view(self.torch.int16).cpu().numpy()
-                result["bitwise_equal_to_torch"] = bool(np.array_equal(out_np.view(np.int16), torch_bits))
-            del out
-            result["ms"] = time_group(fn, jax_sets, call_ms, lambda o: o.block_until_ready(), self.sync, self.cuda,
-                                      self.group)
-            return result
-        except Exception as e:
-            return dict(status="error", error=f"{type(e).__name__}: {str(e)[:400]}")
+        return self._time_jax(row, fn, jax_sets, accuracy, out_torch, nbytes)
 
     def _run_jax(self, row, mask, jax_sets, sample, accuracy, out_torch, nbytes, with_kv_lens=False):
         jax = self.jax
@@ -432,6 +416,12 @@ class Bench:
         def fn(q, k, v):
             return self.jax_fn(q, k, v, mask_j, is_causal=True, tensor_layout=layout, **extra)
 
+        return self._time_jax(row, fn, jax_sets, accuracy, out_torch, nbytes)
+
+    def _time_jax(self, row, fn, jax_sets, accuracy, out_torch, nbytes):
+        """A JAX system's record: first call, accuracy on the sampled rows, bits against the torch output, and
+        time_group's ms."""
+        layout = self.layout
         try:
             out, first_ms, call_ms = self.first_calls(fn, jax_sets[0], lambda o: o.block_until_ready())
             out_np = np.asarray(out)
