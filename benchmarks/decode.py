@@ -19,6 +19,8 @@ Systems:
                            mean of APPEND_CALLS calls between two synchronizations; SMOKE_CALLS on CPU)
   sparse_sageattn_jax_int8_cache  sparse_sageattn.jax's cache_attend under jax.jit over the same cache arrays
                            (dlpack), timed like the JAX call; its output is compared bitwise with the torch cache's
+  sparse_sageattn_e4m3_cache, sparse_sageattn_jax_e4m3_cache  the same two with Int8KVCache(v_format="e4m3"): V in
+                           FP8 e4m3 too (accuracy at the e4m3 floor, below the INT8 contract's bounds)
   sparse_sageattn_jax      sparse_sageattn.jax under jax.jit on the same bits (dlpack), timed as benchmarks/run.py
                            times JAX (groups of JAX_GROUP calls ending in block_until_ready); its output is
                            compared bitwise with the torch call's
@@ -74,9 +76,16 @@ TARGET_RATIO = 1.6  # ours <= 1.6x SDPA flash at each of the three dense rows
 OURS, OURS_KV_LENS, OURS_JAX = "sparse_sageattn", "sparse_sageattn_kv_lens", "sparse_sageattn_jax"
 OURS_INT8 = "sparse_sageattn_int8_cache"
 OURS_JAX_INT8 = "sparse_sageattn_jax_int8_cache"
+OURS_E4M3 = "sparse_sageattn_e4m3_cache"
+OURS_JAX_E4M3 = "sparse_sageattn_jax_e4m3_cache"
 APPEND_CALLS = 200  # one-token appends timed per row (each grows the cache: not a do_bench loop)
-INT8_TARGET_RATIO = 0.8  # the INT8 cache's attend at least 1.25x faster than SDPA flash (Nq=1, fp16/bf16 V)
-INT8_MEMORY_LIMIT = 0.76  # its bytes against the bf16 cache's K+V
+# Per V format of the INT8 cache: (torch system, JAX system, attention's bytes over the bf16 K+V bytes (INT8 K;
+# V in its dtype, or e4m3 plus one exponent byte per 64 values), time limit against SDPA flash at Nq=1, memory
+# limit against the bf16 cache's K+V)
+CACHE_FORMATS = {
+    "native": (OURS_INT8, OURS_JAX_INT8, 3 / 4, 0.8, 0.76),  # >= 1.25x faster
+    "e4m3": (OURS_E4M3, OURS_JAX_E4M3, (2 + 1 / 64) / 4, 1 / 1.7, 0.51),  # >= 1.7x faster
+}
 OURS_JAX_KV_LENS = "sparse_sageattn_jax_kv_lens"  # if the JAX frontend takes kv_lens too
 SDPA_FLASH, SDPA_CUDNN, SDPA_MATH = "sdpa_flash", "sdpa_cudnn", "sdpa_math"
 
@@ -230,7 +239,8 @@ class Bench:
 
     def references(self, row, sets, mask):
         """float64 reference outputs (sampled batch rows, sampled query heads, every query row) for is_causal
-        True and False, from input set 0; and a function turning an HND output into the same sample."""
+        True and False (and, causal, over what an e4m3 cache holds of the values), from input set 0; and a function
+        turning an HND output into the same sample."""
         torch = self.torch
         from sparse_sageattn import reference
 
@@ -244,17 +254,21 @@ class Bench:
         def slice_np(x, h):
             return x[:, h:h + 1].double().cpu().numpy()
 
+        held = {"e4m3": reference.e4m3_cache_values}  # what an e4m3 cache holds of the values
         refs = {}
-        for causal in (True, False):
-            refs[causal] = np.concatenate(
-                [reference.attention(slice_np(q, h), slice_np(k, h // group), slice_np(v, h // group), mask_np,
-                                     causal)[0] for h in heads], axis=1)
+        for causal, values in ((True, "given"), (False, "given"), (True, "e4m3")):
+            refs[causal, values] = np.concatenate(
+                [reference.attention(slice_np(q, h), slice_np(k, h // group),
+                                     held.get(values, np.asarray)(slice_np(v, h // group)), mask_np, causal)[0]
+                 for h in heads], axis=1)
 
         def sample(out_hnd):
             return out_hnd.index_select(0, rows_t).index_select(1, heads_t).double().cpu().numpy()
 
-        def accuracy(got, causal=True):
-            return dict(cosine=reference.cosine(got, refs[causal]), rel_l1=reference.rel_l1(got, refs[causal]))
+        def accuracy(got, causal=True, values="given"):
+            """Against the reference over the values as given, or ("e4m3") over what an e4m3 cache holds."""
+            ref = refs[causal, values]
+            return dict(cosine=reference.cosine(got, ref), rel_l1=reference.rel_l1(got, ref))
 
         return sample, accuracy, dict(batch_rows=batch_rows, heads_q=heads, heads_kv=[h // group for h in heads])
 
@@ -307,7 +321,8 @@ class Bench:
                 systems[OURS_KV_LENS]["bitwise_equal_to_plain"] = bool(torch.equal(out_kv, out_ours))
         else:
             systems[OURS_KV_LENS] = dict(status="skipped", reason="sparse_sageattn has no kv_lens keyword")
-        self._run_int8_cache(row, mask, sets, jax_sets, run_ours, accuracy, full_bytes)
+        for v_format in CACHE_FORMATS:
+            self._run_int8_cache(row, mask, sets, jax_sets, run_ours, sample, accuracy, full_bytes, v_format)
 
         if self.jax is not None:
             systems[OURS_JAX] = self._run_jax(row, mask, jax_sets, sample, accuracy, out_ours, full_bytes)
@@ -345,12 +360,13 @@ class Bench:
         record["jax_bitwise_equal"] = systems.get(OURS_JAX, {}).get("bitwise_equal_to_torch")
         return record
 
-    def _run_int8_cache(self, row, mask, sets, jax_sets, run_ours, accuracy, full_bytes):
+    def _run_int8_cache(self, row, mask, sets, jax_sets, run_ours, sample, accuracy, full_bytes, v_format):
         torch = self.torch
+        name, jax_name, read_fraction = CACHE_FORMATS[v_format][:3]
         try:
             from sparse_sageattn.torch.kv_cache import Int8KVCache
         except ImportError:
-            self.notes.append(f"{OURS_INT8}: skipped, the installed sparse_sageattn has no Int8KVCache")
+            self.notes.append(f"{name}: skipped, the installed sparse_sageattn has no Int8KVCache")
             return
         append_calls = APPEND_CALLS if self.cuda else SMOKE_CALLS
         capacity = -(-(row.n_k + append_calls) // BLOCK_N) * BLOCK_N
@@ -360,17 +376,20 @@ class Bench:
         with torch.inference_mode():
             for _, k, v in sets:
                 caches[id(k)] = Int8KVCache(row.batch, self.heads_kv, capacity, self.head_dim, self.dtype,
-                                            self.device)
+                                            self.device, v_format)
                 caches[id(k)].append(k, v, self.layout)
         layout = self.layout
-        out_torch = run_ours(OURS_INT8, lambda q, k, v: caches[id(k)].attend(q, mask, True, layout))
+        out_torch = run_ours(name, lambda q, k, v: caches[id(k)].attend(q, mask, True, layout))
         cache = caches[id(sets[0][1])]
-        record = run_ours.systems[OURS_INT8]
+        record = run_ours.systems[name]
+        if v_format == "e4m3" and out_torch is not None:  # its own contract: the reference of the values it holds
+            record["vs_held_values"] = accuracy(sample(self.hnd(out_torch)), values="e4m3")
+        read_bytes = int(full_bytes * read_fraction)  # what attention reads
         if self.jax is not None:  # before the appends below change the cache
-            run_ours.systems[OURS_JAX_INT8] = self._run_jax_int8_cache(row, mask, sets, jax_sets, caches, out_torch,
-                                                                      accuracy, full_bytes * 3 // 4)
+            run_ours.systems[jax_name] = self._run_jax_int8_cache(row, mask, sets, jax_sets, caches, out_torch,
+                                                                 accuracy, read_bytes, v_format)
         if record.get("status") == "ok":
-            record["kv_bytes"] = full_bytes * 3 // 4  # INT8 K, V in its dtype: what attention reads
+            record["kv_bytes"] = read_bytes
             record["cache_bytes"] = cache.nbytes
             record["cache_over_bf16_kv"] = cache.nbytes / full_bytes
             q, k, v = sets[0]
@@ -386,7 +405,7 @@ class Bench:
             record["append_one_token_ms"] = (time.perf_counter() - start) * 1e3 / (append_calls - 1)
         del caches
 
-    def _run_jax_int8_cache(self, row, mask, sets, jax_sets, caches, out_torch, accuracy, nbytes):
+    def _run_jax_int8_cache(self, row, mask, sets, jax_sets, caches, out_torch, accuracy, nbytes, v_format):
         jax = self.jax
         try:
             from sparse_sageattn.jax import Int8KVCache, cache_attend
@@ -402,7 +421,7 @@ class Bench:
         def fn(q, k, v):
             return attend(jax_caches[id(k)], q)
 
-        return self._time_jax(row, fn, jax_sets, accuracy, out_torch, nbytes)
+        return self._time_jax(row, fn, jax_sets, accuracy, out_torch, nbytes, v_format)
 
     def _run_jax(self, row, mask, jax_sets, sample, accuracy, out_torch, nbytes, with_kv_lens=False):
         jax = self.jax
@@ -418,7 +437,7 @@ class Bench:
 
         return self._time_jax(row, fn, jax_sets, accuracy, out_torch, nbytes)
 
-    def _time_jax(self, row, fn, jax_sets, accuracy, out_torch, nbytes):
+    def _time_jax(self, row, fn, jax_sets, accuracy, out_torch, nbytes, v_format="native"):
         """A JAX system's record: first call, accuracy on the sampled rows, bits against the torch output, and
         time_group's ms."""
         layout = self.layout
@@ -429,8 +448,10 @@ class Bench:
             if layout == "NHD":
                 got = got.transpose(0, 2, 1, 3)
             batch_rows, heads = first_and_last(row.batch), first_and_last(self.heads_q)
-            result = dict(status="ok", first_call_s=first_ms / 1e3,
-                          **accuracy(got[batch_rows][:, heads].astype(np.float64)), kv_bytes=nbytes)
+            sampled = got[batch_rows][:, heads].astype(np.float64)
+            result = dict(status="ok", first_call_s=first_ms / 1e3, **accuracy(sampled), kv_bytes=nbytes)
+            if v_format == "e4m3":
+                result["vs_held_values"] = accuracy(sampled, values="e4m3")
             if out_torch is not None:
                 torch_bits = out_torch.view(self.torch.int16).cpu().numpy()
                 result["bitwise_equal_to_torch"] = bool(np.array_equal(out_np.view(np.int16), torch_bits))
@@ -509,8 +530,9 @@ def add_proportional(records):
 
 TARGETS_TEXT = (f"ours (sparse_sageattn, torch) <= {TARGET_RATIO}x the SDPA flash time, medians on the same inputs, "
                 f"at each of the three dense rows (Nq, Nk, B) = " + ", ".join(map(str, SHAPES))
-                + f"; the INT8 cache's attend <= {INT8_TARGET_RATIO}x (>= {1 / INT8_TARGET_RATIO:.2f}x faster) at the "
-                "Nq=1 rows, its memory <= " + f"{INT8_MEMORY_LIMIT}x the bf16 K+V bytes")
+                + "; at the Nq=1 rows the INT8 cache's attend " + ", ".join(
+                    f"with {v_format} V <= {limit:.3f}x (>= {1 / limit:.2f}x faster) and its memory <= {memory}x "
+                    "the bf16 K+V bytes" for v_format, (_, _, _, limit, memory) in CACHE_FORMATS.items()))
 
 
 def target_verdicts(records):
@@ -523,14 +545,16 @@ def target_verdicts(records):
         verdicts.append(dict(row=r["row"], label=r["label"], peer=r["peer"], ours_ms=ours, peer_ms=peer,
                              ratio=ratio, limit=TARGET_RATIO,
                              verdict="NO DATA" if ratio is None else "PASS" if ratio <= TARGET_RATIO else "MISS"))
-        int8 = r["systems"].get(OURS_INT8, {})
-        if r["n_q"] == 1 and "ms" in int8:
-            ratio = int8["ms"] / peer if peer else None
-            memory = int8["cache_over_bf16_kv"]
-            verdicts.append(dict(row=r["row"] + "_int8", label=r["label"] + " int8", peer=r["peer"],
-                                 ours_ms=int8["ms"], peer_ms=peer, ratio=ratio, limit=INT8_TARGET_RATIO,
-                                 memory=memory, verdict="NO DATA" if ratio is None else "PASS"
-                                 if ratio <= INT8_TARGET_RATIO and memory <= INT8_MEMORY_LIMIT else "MISS"))
+        for v_format, (name, _, _, limit, memory_limit) in CACHE_FORMATS.items():
+            cached = r["systems"].get(name, {})
+            if r["n_q"] != 1 or "ms" not in cached:
+                continue
+            ratio = cached["ms"] / peer if peer else None
+            memory = cached["cache_over_bf16_kv"]
+            verdicts.append(dict(row=f"{r['row']}_{v_format}", label=f"{r['label']} {v_format}", peer=r["peer"],
+                                 ours_ms=cached["ms"], peer_ms=peer, ratio=ratio, limit=limit, memory=memory,
+                                 verdict="NO DATA" if ratio is None else "PASS"
+                                 if ratio <= limit and memory <= memory_limit else "MISS"))
     return verdicts
 
 
@@ -551,8 +575,9 @@ def fmt(value, spec, missing="—"):
 def print_table(records, peer):
     head = (f"{'row':<22} {'Nq':>3} {'Nk':>7} {'B':>2} {'ours ms':>8} {peer + ' ms':>14} {'ratio':>6} "
             f"{'TB/s':>6} {'cosine':>8} {'cuDNN ms':>9} {'JAX ms':>8} {'JAX==torch':>10} {'kv_lens ms':>10} "
-            f"{'int8 ms':>8} {'int8/peer':>9} {'int8 mem':>8} {'append ms':>9} {'JAX int8':>8} {'==torch':>7} "
             f"{'target':>7}")
+    cache_head = (f"{'row':<22} {'V':>6} {'cache ms':>8} {'/peer':>6} {'TB/s':>6} {'cosine':>8} {'memory':>7} "
+                  f"{'append ms':>9} {'JAX ms':>8} {'==torch':>7} {'target':>7}")
     print(head)
     verdicts = {v["row"]: v["verdict"] for v in target_verdicts(records)}
     for r in records:
@@ -567,16 +592,19 @@ def print_table(records, peer):
               f"{fmt(get(OURS, 'tb_s'), '.2f'):>6} {fmt(get(OURS, 'cosine'), '.5f'):>8} "
               f"{fmt(get(SDPA_CUDNN, 'ms'), '.3f'):>9} {fmt(get(OURS_JAX, 'ms'), '.3f'):>8} "
               f"{'—' if bitwise is None else str(bitwise):>10} {fmt(get(OURS_KV_LENS, 'ms'), '.3f'):>10} "
-              f"{fmt(get(OURS_INT8, 'ms'), '.3f'):>8} {fmt(int8_ratio(r, peer), '.2f'):>9} "
-              f"{fmt(get(OURS_INT8, 'cache_over_bf16_kv'), '.3f'):>8} "
-              f"{fmt(get(OURS_INT8, 'append_one_token_ms'), '.3f'):>9} {fmt(get(OURS_JAX_INT8, 'ms'), '.3f'):>8} "
-              f"{str(get(OURS_JAX_INT8, 'bitwise_equal_to_torch')):>7} "
-              f"{verdicts.get(r['row'], '')}/{verdicts.get(r['row'] + '_int8', '-')}")
-
-
-def int8_ratio(record, peer):
-    int8, other = record["systems"].get(OURS_INT8, {}).get("ms"), record["systems"].get(peer, {}).get("ms")
-    return int8 / other if int8 and other else None
+              f"{verdicts.get(r['row'], '')}")
+    print(cache_head)
+    for r in records:
+        s = r["systems"]
+        for v_format, (name, jax_name, _, _, _) in CACHE_FORMATS.items():
+            cached, jax_cached = s.get(name, {}), s.get(jax_name, {})
+            peer_ms = s.get(peer, {}).get("ms")
+            ratio = cached["ms"] / peer_ms if "ms" in cached and peer_ms else None
+            print(f"{r['label']:<22} {v_format:>6} {fmt(cached.get('ms'), '.3f'):>8} {fmt(ratio, '.2f'):>6} "
+                  f"{fmt(cached.get('tb_s'), '.2f'):>6} {fmt(cached.get('cosine'), '.5f'):>8} "
+                  f"{fmt(cached.get('cache_over_bf16_kv'), '.3f'):>7} {fmt(cached.get('append_one_token_ms'), '.3f'):>9} "
+                  f"{fmt(jax_cached.get('ms'), '.3f'):>8} {str(jax_cached.get('bitwise_equal_to_torch')):>7} "
+                  f"{verdicts.get(r['row'] + '_' + v_format, '-'):>7}")
 
 
 # ---- the command --------------------------------------------------------------------------------------------------

@@ -48,6 +48,13 @@ class SplitKVConfig(KernelConfig):
     # at most max_splits, and never more than there are key blocks.
     programs_per_sm: int = 8
     max_splits: int = 64
+    # warps for a tile of 16 rows (one query per head of a small kv group: one MMA row tile), None: num_warps.
+    # Fewer warps a program let more programs reside on an SM: a grid of a few hundred programs then runs in
+    # one wave instead of one and a fraction.
+    narrow_num_warps: int | None = None
+
+    def warps(self, block_rows: int) -> int:
+        return self.narrow_num_warps if block_rows == 16 and self.narrow_num_warps else self.num_warps
 
 
 _SIMPLE = KernelConfig(num_warps=4, num_stages=1)
@@ -62,6 +69,12 @@ class LaunchConfigs:
     # over 2 1.09-1.10x at (Nq, Nk) = (16, 32k) and (1, 128k), 0.92x at (1, 32k); 8 programs an SM over 4 1.08x at
     # (1, 32k), 1.03x at (16, 32k)
     split_kv: SplitKVConfig = SplitKVConfig(num_warps=4, num_stages=3)
+    # The same kernel over an INT8 KV cache, V as given / in e4m3 (H200, split-KV launch alone, bf16 hd128 GQA
+    # 32/8; benchmarks/NOTES.md): with V as given the plain call's entry is the best measured at (1, 32k) and
+    # (16, 32k) (2 warps: 0.94x at (1, 32k), 1.23x at (1, 128k)); with e4m3 V 2 stages over 3 1.21x at
+    # (1, 32k), equal at (16, 32k), and 2 warps for 16 rows 1.43x at (1, 128k), 0.98x at (1, 32k).
+    split_kv_int8: SplitKVConfig = SplitKVConfig(num_warps=4, num_stages=3)
+    split_kv_e4m3: SplitKVConfig = SplitKVConfig(num_warps=4, num_stages=2, narrow_num_warps=2)
     combine: KernelConfig = _SIMPLE
 
 

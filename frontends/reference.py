@@ -79,6 +79,22 @@ def round_e4m3(x):
     return np.round(x / step) * step  # np.round rounds half to even
 
 
+def e4m3_cache_values(v, block=BLOCK_N):
+    """float64 V (..., N, D) -> what an e4m3 KV cache holds of it, dequantized: per block of `block` keys and
+    channel, scaled by the smallest power of two 2**e (e >= -126) that brings max|v| to at most 448, rounded to
+    e4m3 and scaled back. The error floor of the cache's e4m3 values, against which its attention is judged."""
+    v = np.asarray(v, np.float64)
+    n = v.shape[-2]
+    pad = -n % block
+    blocks = np.pad(v, [(0, 0)] * (v.ndim - 2) + [(0, pad), (0, 0)]).reshape(*v.shape[:-2], -1, block, v.shape[-1])
+    amax = np.abs(blocks).max(axis=-2, keepdims=True)
+    exponent = np.maximum(np.ceil(np.log2(np.where(amax > 0, amax, 1.0) / E4M3_MAX)), -126.0)
+    exponent = np.where(amax > 0, exponent, -126.0)
+    scale = np.exp2(exponent)
+    out = round_e4m3(blocks / scale) * scale
+    return out.reshape(*v.shape[:-2], n + pad, v.shape[-1])[..., :n, :]
+
+
 def fp8_pv_attention(q, k, v, mask_id=None, is_causal=False, tensor_layout="HND", sm_scale=None, rows=None,
                      kv_lens=None):
     """attention() with only the FP8 P.V mode's two roundings, the rest float64: P (scaled by its row maximum)

@@ -9,7 +9,7 @@ import pytest
 import triton
 import triton.language as tl
 
-from sparse_sageattn.core_kernels import ArrayDesc, Launch, Ref, configs, contiguous_strides, predict
+from sparse_sageattn.core_kernels import ArrayDesc, Launch, Ref, configs, contiguous_strides, kv_cache, predict
 from sparse_sageattn.core_kernels.attention import make_plan
 from sparse_sageattn.core_kernels.contract import BLOCK_M, BLOCK_N
 
@@ -175,6 +175,35 @@ def test_short_queries_take_the_split_kv_kernel(n_q, mask_shape, heads_per_progr
     assert plan.launches[2].grid == (2 * 8 * n_q,)  # one program a row
 
 
+def test_split_kv_without_a_mask_forms_its_list_itself():
+    plain, masked = decode_plan(), decode_plan(mask_shape=(1, 1))
+    assert plain.launches[0].grid == (plain.launches[0].args["chunk_programs"],)  # K's sums only
+    assert plain.buffers["block_indices"].shape == plain.buffers["block_counts"].shape == (1,)
+    assert plain.launches[1].constexprs["DENSE_LIST"] and not masked.launches[1].constexprs["DENSE_LIST"]
+    assert masked.launches[0].grid[0] == masked.launches[0].args["chunk_programs"] + 1  # one list: the mask's
+    # nothing to prepare at all without K's sums
+    q, kv = desc((2, 8, 1, 128)), desc((2, 2, 4096, 128))
+    no_sums = make_plan(q, kv, kv, None, True, "HND", None, False, True, (9, 0), num_sms=132)
+    assert [step.name for step in no_sums.launches] == ["split_kv", "combine"]
+
+
+@pytest.mark.parametrize("v_format", kv_cache.V_FORMATS)
+def test_cache_attention_takes_its_own_split_kv_entry(v_format):
+    cache = {n: desc(b.shape, b.dtype) for n, b in kv_cache.cache_buffers(2, 2, 4096, 128, "bfloat16", v_format).items()}
+    entry = configs.lookup((9, 0), 128, "bfloat16")
+    expected = entry.split_kv_e4m3 if v_format == "e4m3" else entry.split_kv_int8
+    for n_q, block_rows in ((1, 16), (16, 64)):
+        plan = kv_cache.make_attend_plan(desc((2, 8, n_q, 128), "bfloat16"), cache, None, True, "HND",
+                                         capability=(9, 0), num_sms=132)
+        assert [step.name for step in plan.launches] == ["split_kv", "combine"]  # no mask: no lists, no sums
+        assert set(plan.buffers) == {"out", "lse", "partial_out", "partial_lse"}  # no scratch left unwritten
+        split = plan.launches[0]
+        assert split.constexprs["K_INT8"] and split.constexprs["V_E4M3"] == (v_format == "e4m3")
+        assert split.constexprs["BLOCK_ROWS"] == block_rows
+        assert (split.num_warps, split.num_stages) == (expected.warps(block_rows), expected.num_stages)
+        assert split.args["v_exp_ptr"] == Ref("v_exp" if v_format == "e4m3" else "q")
+
+
 def test_split_count_follows_the_sms_and_the_key_blocks():
     assert decode_plan(num_sms=4).launches[1].constexprs["SPLITS"] == 8  # 4 programs, 32 wanted
     # at most one split per key block; one split writes the output itself, without a combine
@@ -193,7 +222,7 @@ def test_longer_queries_and_fp8_keep_the_attention_kernel():
 
 def test_kv_lens_gives_each_batch_row_its_lists_and_reaches_every_kernel():
     lens = desc((2,), "int32")
-    for plan in (decode_plan(kv_lens=lens), decode_plan(n_q=300, kv_lens=lens)):
+    for plan in (decode_plan(kv_lens=lens, mask_shape=(1, 1)), decode_plan(n_q=300, kv_lens=lens)):
         for step in plan.launches[:-1] if plan.launches[-1].name == "combine" else plan.launches:
             assert step.args["kv_lens_ptr"] == Ref("kv_lens") and step.constexprs["HAS_KV_LENS"], step.name
         assert plan.launches[0].grid[0] - plan.launches[0].args["chunk_programs"] == 2 * -(-plan_n_q(plan) // 128)

@@ -5,10 +5,31 @@ at least one pair to compute, plus two counts: `live` (the list length) and `ful
 need no element mask). Blocks that need the element mask -- the causal diagonal and the ragged key tail -- are
 always the highest key blocks of a row, so they sit at the end of the list and the attention kernel walks
 [0, full) without masks and [full, live) with them. Everything stays on the device: no host sync, no
-data-dependent shapes. `_block_list` is a device function, called by a launch of prepare.py.
+data-dependent shapes. `_block_list` is a device function, called by a launch of prepare.py; without a block
+mask a list is [0, kb_end) itself, which the split-KV kernel forms from `_live_blocks` without a list.
 """
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _live_blocks(qb, n_q, n_valid, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """(kb_end, kb_full_end) of query block qb before any block mask: key blocks [0, kb_end) may hold a visible
+    key, [0, kb_full_end) are visible to every row of the block (the first n_valid keys, causal bottom-right
+    aligned to them)."""
+    n_kb_valid = tl.cdiv(n_valid, BLOCK_N)
+    kb_end = n_kb_valid
+    kb_full_end = n_kb_valid
+    if IS_CAUSAL:
+        # Query i sees key j iff j <= i + n_valid - n_q (bottom-right aligned). Numerators are kept >= 0 before
+        # dividing, so the integer division rounds the same way on the GPU and in the interpreter.
+        last_visible = tl.minimum(qb * BLOCK_M + BLOCK_M - 1, n_q - 1) + (n_valid - n_q)
+        kb_end = tl.where(last_visible < 0, 0, tl.minimum(tl.maximum(last_visible, 0) // BLOCK_N + 1, n_kb_valid))
+        first_row_keys = qb * BLOCK_M + (n_valid - n_q) + 1  # keys visible to the block's first row
+        kb_full_end = tl.where(first_row_keys <= 0, 0, tl.maximum(first_row_keys, 0) // BLOCK_N)
+    # the ragged tail block always needs the key mask
+    kb_full_end = tl.where(n_valid % BLOCK_N != 0, tl.minimum(kb_full_end, n_kb_valid - 1), kb_full_end)
+    return kb_end, kb_full_end
 
 
 @triton.jit
@@ -26,21 +47,9 @@ def _block_list(
     causal (n_valid is n_k, or the batch row's kv_lens).
     """
     n_kb = tl.cdiv(n_k, BLOCK_N)
-    n_kb_valid = tl.cdiv(n_valid, BLOCK_N)
     b = lbh // list_heads
     h = lbh % list_heads
-
-    kb_end = n_kb_valid  # key blocks [0, kb_end) may hold a visible key
-    kb_full_end = n_kb_valid  # key blocks [0, kb_full_end) are visible to every row of the query block
-    if IS_CAUSAL:
-        # Query i sees key j iff j <= i + n_valid - n_q (bottom-right aligned). Numerators are kept >= 0 before
-        # dividing, so the integer division rounds the same way on the GPU and in the interpreter.
-        last_visible = tl.minimum(qb * BLOCK_M + BLOCK_M - 1, n_q - 1) + (n_valid - n_q)
-        kb_end = tl.where(last_visible < 0, 0, tl.minimum(tl.maximum(last_visible, 0) // BLOCK_N + 1, n_kb_valid))
-        first_row_keys = qb * BLOCK_M + (n_valid - n_q) + 1  # keys visible to the block's first row
-        kb_full_end = tl.where(first_row_keys <= 0, 0, tl.maximum(first_row_keys, 0) // BLOCK_N)
-    # the ragged tail block always needs the key mask
-    kb_full_end = tl.where(n_valid % BLOCK_N != 0, tl.minimum(kb_full_end, n_kb_valid - 1), kb_full_end)
+    kb_end, kb_full_end = _live_blocks(qb, n_q, n_valid, BLOCK_M, BLOCK_N, IS_CAUSAL)
 
     mask_row_ptr = mask_ptr + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh + qb.to(tl.int64) * stride_mq
     list_row = lbh.to(tl.int64) * n_qb + qb

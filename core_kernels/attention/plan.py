@@ -83,10 +83,11 @@ def choose_attention(candidates, capability, head_dim, head_dim_pad, pv_dtype):
 
 def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tensor_layout, sm_scale,
              smooth_k, return_lse, pv_dtype="fp16", kv_lens: ArrayDesc | None = None, kv_layout=None,
-             k_int8=False):
+             k_int8=False, v_e4m3=False):
     """Raise ValueError/TypeError naming the argument for anything the kernels do not support.
 
-    kv_layout: k's and v's layout when it is not q's; k_int8: k holds an INT8 cache's keys (kv_cache/)."""
+    kv_layout: k's and v's layout when it is not q's; k_int8: k holds an INT8 cache's keys (kv_cache/), v_e4m3:
+    v its e4m3 values."""
     kv_layout = tensor_layout if kv_layout is None else kv_layout
     if tensor_layout not in LAYOUTS:
         raise ValueError(f"sparse_sageattn: tensor_layout must be 'HND' or 'NHD', got {tensor_layout!r}")
@@ -111,9 +112,12 @@ def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tenso
         if name == "k" and k_int8:
             if a.dtype != "int8":
                 raise TypeError(f"sparse_sageattn: an INT8 cache's keys must be int8, got {a.dtype}")
+        elif name == "v" and v_e4m3:
+            if a.dtype != "uint8":
+                raise TypeError(f"sparse_sageattn: an e4m3 cache's values must be uint8 (e4m3 bits), got {a.dtype}")
         elif a.dtype not in FLOAT_DTYPES:
             raise TypeError(f"sparse_sageattn: {name} must be float16 or bfloat16, got {a.dtype}")
-    for name, a in (("k", k), ("v", v))[1 if k_int8 else 0:]:
+    for name, a in (("k", k), ("v", v))[2 if v_e4m3 else 1 if k_int8 else 0:]:
         if a.dtype != q.dtype:
             raise TypeError(f"sparse_sageattn: q, k and v must share one dtype, got q {q.dtype} and {name} {a.dtype}")
     for name, a in (("k", k), ("v", v)):
@@ -177,11 +181,18 @@ def validate(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id, is_causal, tenso
             raise ValueError(f"sparse_sageattn: kv_lens must be on q's device {q.device}, got {kv_lens.device}")
 
 
+def _plan(buffers, launches) -> Plan:
+    """The plan of these launches, with the buffers one of them reads or writes (a launch left out leaves its
+    scratch unused: no executor allocates it, and none is ever read unwritten)."""
+    used = {a.name for step in launches for a in step.args.values() if isinstance(a, Ref)}
+    return Plan({n: b for n, b in buffers.items() if n in used or n in OUTPUTS}, tuple(launches), OUTPUTS)
+
+
 def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | None = None, is_causal=False,
               tensor_layout="HND", sm_scale=None, smooth_k=True, return_lse=False, capability=None, *,
               pv_dtype="fp16", kv_lens: ArrayDesc | None = None, num_sms=None, attention_override=None,
               split_kv_override=None, kv_layout=None, k_scale: ArrayDesc | None = None,
-              k_mean: ArrayDesc | None = None) -> Plan:
+              k_mean: ArrayDesc | None = None, v_exp: ArrayDesc | None = None) -> Plan:
     """Validate and resolve one sparse_sageattn call. `capability`: (major, minor) of the GPU, None = interpreter;
     `num_sms`: its SM count (None: configs.INTERPRETER_SMS), which sizes the split-KV grid.
 
@@ -193,11 +204,12 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
     benchmarks and tests of a variant, never passed by the frontends.
     kv_layout, k_scale, k_mean: attention over an INT8 KV cache (kv_cache/plan.py validates its arrays and calls
     this): k is its int8 keys, k_scale / k_mean its block scales and smoothing vector, in kv_layout; the
-    split-KV kernel reads them as they are (no K sums, no quantization of K).
+    split-KV kernel reads them as they are (no K sums, no quantization of K). v_exp: v holds an e4m3 cache's
+    values, v_exp their scale exponents per block and channel.
     """
-    k_int8 = k_scale is not None
+    k_int8, v_e4m3 = k_scale is not None, v_exp is not None
     validate(q, k, v, mask_id, is_causal, tensor_layout, sm_scale, smooth_k, return_lse, pv_dtype, kv_lens,
-             kv_layout, k_int8)
+             kv_layout, k_int8, v_e4m3)
     kv_layout = tensor_layout if kv_layout is None else kv_layout
     pv_fp8 = pv_dtype == "fp8"
     if pv_fp8 and capability is not None and tuple(capability) < FP8_MIN_CAPABILITY:
@@ -254,16 +266,20 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
     # A buffer its mode does not use is neither written nor read: a one-element slot.
     chunk_partials = flat(batch * heads_kv, n_chunks, head_dim_pad)
     shift_lse = smooth_k and return_lse
+    split_path = k_int8 or split_kv_override is not None or (
+        not pv_fp8 and attention_override is None and n_q <= configs.SPLIT_KV_MAX_QUERIES)
+    # Without a block mask the split-KV kernel forms its (one query block's) list itself: no lists launched.
+    list_programs = 0 if split_path and mask_id is None else list_b * list_h * n_qb
     shared = {
         "k_channel_sums": Buffer(chunk_partials if smooth_k and not k_int8 else (1,), "float32"),
         "v_channel_amax": Buffer(chunk_partials if pv_fp8 else (1,), "float32"),
-        "block_counts": Buffer(flat(list_b * list_h, n_qb, 2), "int32"),
-        "block_indices": Buffer(flat(list_b * list_h, n_qb, n_kb), "int32"),
+        "block_counts": Buffer(flat(list_b * list_h, n_qb, 2) if list_programs else (1,), "int32"),
+        "block_indices": Buffer(flat(list_b * list_h, n_qb, n_kb) if list_programs else (1,), "int32"),
         "out": Buffer(out_shape, q.dtype),
         "lse": Buffer(lse_shape, "float32"),
     }
     sums_and_lists = Launch(
-        "sums_and_lists", sums_and_lists_kernel, (chunk_programs + list_b * list_h * n_qb,),
+        "sums_and_lists", sums_and_lists_kernel, (chunk_programs + list_programs,),
         dict(k_ptr=Ref("k"), v_ptr=Ref("v"), mask_ptr=mask_ref, **lengths,
              n_q=n_q, n_k=n_k, heads_kv=heads_kv, list_heads=list_h, chunk_programs=chunk_programs,
              **strides("k", k_strides), **strides("v", v_strides),
@@ -276,12 +292,12 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         ("k_channel_sums", "v_channel_amax", "block_counts", "block_indices"),
         cfg.sums_and_lists.num_warps, cfg.sums_and_lists.num_stages)
 
-    if k_int8 or split_kv_override is not None or (
-            not pv_fp8 and attention_override is None and n_q <= configs.SPLIT_KV_MAX_QUERIES):
+    if split_path:
         if pv_fp8 or n_q > BLOCK_M:
             raise ValueError("sparse_sageattn: the split-KV kernel (split_kv_override, INT8 caches) takes fp16 "
                              f"P.V and at most {BLOCK_M} queries")
-        split_cfg = replace(cfg.split_kv, **{f: v for f, v in (split_kv_override or {}).items() if f != "splits"})
+        base_cfg = cfg.split_kv_e4m3 if v_e4m3 else cfg.split_kv_int8 if k_int8 else cfg.split_kv
+        split_cfg = replace(base_cfg, **{f: v for f, v in (split_kv_override or {}).items() if f != "splits"})
         # Heads share a tile when they share a block list, as many of the kv group as fit 128 rows.
         heads_per_program = max((g for g in range(1, min(kv_group, 16) + 1)
                                  if kv_group % g == 0 and g * n_q <= BLOCK_M), default=1) if list_h == 1 else 1
@@ -299,9 +315,12 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         }
         split_kv = Launch(
             "split_kv", split_kv_kernel, (programs * splits,),
-            dict(q_ptr=Ref("q"), k_ptr=Ref("k"), v_ptr=Ref("v"), partial_sums_ptr=Ref("k_channel_sums"),
-                 counts_ptr=Ref("block_counts"), indices_ptr=Ref("block_indices"), **lengths,
+            dict(q_ptr=Ref("q"), k_ptr=Ref("k"), v_ptr=Ref("v"),
+                 partial_sums_ptr=Ref("k_channel_sums" if smooth_k and not k_int8 else "q"),
+                 counts_ptr=Ref("block_counts" if list_programs else "q"),
+                 indices_ptr=Ref("block_indices" if list_programs else "q"), **lengths,
                  k_scale_ptr=Ref("k_scale" if k_int8 else "q"), k_mean_ptr=Ref("k_mean" if k_int8 else "q"),
+                 v_exp_ptr=Ref("v_exp" if v_e4m3 else "q"),
                  q_pre_scale=float(sm_scale) * LOG2E, n_q=n_q, n_k=n_k, heads_q=heads_q, kv_group=kv_group,
                  list_stride_b=list_h if list_b != 1 else 0, list_stride_h=1 if list_h != 1 else 0,
                  **strides("q", q_strides), **strides("k", k_strides), **strides("v", v_strides),
@@ -309,17 +328,19 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
                  partial_out_ptr=Ref("partial_out"), partial_lse_ptr=Ref("partial_lse"),
                  BLOCK_ROWS=block_rows, BLOCK_N=BLOCK_N, HEADS_PER_PROGRAM=heads_per_program, SPLITS=splits,
                  ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SMOOTH_K=smooth_k, IS_CAUSAL=is_causal,
-                 RETURN_LSE=return_lse, SHIFT_LSE=shift_lse, **dims, K_INT8=k_int8),
-            ("out", "lse", "partial_out", "partial_lse"), split_cfg.num_warps, split_cfg.num_stages)
+                 RETURN_LSE=return_lse, SHIFT_LSE=shift_lse, **dims, K_INT8=k_int8, V_E4M3=v_e4m3,
+                 DENSE_LIST=list_programs == 0),
+            ("out", "lse", "partial_out", "partial_lse"), split_cfg.warps(block_rows), split_cfg.num_stages)
+        prepare = (sums_and_lists,) if chunk_programs + list_programs else ()  # an INT8 cache, no mask: nothing
         if splits == 1:
-            return Plan({**shared, **split_buffers}, (sums_and_lists, split_kv), OUTPUTS)
+            return _plan({**shared, **split_buffers}, (*prepare, split_kv))
         combine = Launch(
             "combine", combine_kernel, (batch * heads_q * n_q,),
             dict(partial_out_ptr=Ref("partial_out"), partial_lse_ptr=Ref("partial_lse"), n_rows=n_q,
                  heads=heads_q, **strides("o", out_strides), out_ptr=Ref("out"), lse_ptr=Ref("lse"),
                  SPLITS=splits, SPLITS_PAD=next_pow2(splits), RETURN_LSE=return_lse, **dims),
             ("out", "lse"), cfg.combine.num_warps, cfg.combine.num_stages)
-        return Plan({**shared, **split_buffers}, (sums_and_lists, split_kv, combine), OUTPUTS)
+        return _plan({**shared, **split_buffers}, (*prepare, split_kv, combine))
 
     buffers = {
         **shared,

@@ -10,14 +10,16 @@ Nothing is prepared in a separate pass but K's channel sums (its mean must be gl
 Q rows per head (each head's n_q <= BLOCK_M rows are its one 128-row quantization block) and each K block it
 visits, with quantize.py's `_to_int8` -- the same INT8 values and scales as the quantize launch -- and reads V as
 it is (bf16 rounded to fp16 in registers). With K_INT8 the keys come from an INT8 KV cache (kv_cache/append.py):
-its int8 blocks, their scales and its fixed smoothing vector, read as they are. Scores, masks and the
-online softmax are kernel.py's.
+its int8 blocks, their scales and its fixed smoothing vector, read as they are; with V_E4M3 too its values:
+e4m3 (exact in fp16) times a power of two per block and channel, which multiplies each block's fp32 P.V
+product. Scores, masks and the online softmax are kernel.py's.
 """
 import triton
 import triton.language as tl
 
 from .. import contract
 from ..alignment import _aligned
+from .block_lists import _live_blocks
 from .kernel import _softmax_step
 from .kv_lens import _valid_keys
 from .quantize import _abs_max, _channel_mean, _to_int8
@@ -59,39 +61,59 @@ def _quantize_key_block(k, k_mean, kv_mask, SMOOTH_K: tl.constexpr, PARTIAL: tl.
 
 @triton.jit
 def _split_steps(
-    acc, m_i, l_i, q_int8, q_scale, k_mean, k_head_ptr, k_scale_head_ptr, v_head_ptr, indices_row_ptr, list_start,
-    list_end, q_index, n_q, n_valid, stride_kn, stride_vn,
+    acc, m_i, l_i, q_int8, q_scale, k_mean, k_head_ptr, k_scale_head_ptr, v_head_ptr, v_exp_head_ptr,
+    indices_row_ptr, list_start, list_end, q_index, n_q, n_valid, stride_kn, stride_vn,
     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr, SMOOTH_K: tl.constexpr,
-    IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr, K_INT8: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, MASKED: tl.constexpr, K_INT8: tl.constexpr, V_E4M3: tl.constexpr,
+    DENSE_LIST: tl.constexpr,
 ):
     """List entries [list_start, list_end), one 64-key block per step: quantize the block (K_INT8: read it and
-    its scale), score, softmax, P.V.
+    its scale), score, softmax, P.V (V_E4M3: of the e4m3 values, then scaled by the block's channel scales).
     The block index is read one step ahead (kernel.py's _attend_blocks says why); Triton's pipeliner keeps the
-    next blocks' K and V loads in flight (num_stages)."""
+    next blocks' K and V loads in flight (num_stages). It does not pipeline the small loads of a cache block's
+    scale and exponents, so each is read one step ahead too, at the end of the step before, when that step's
+    read of the next index has long arrived."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     d_valid = offs_d < HEAD_DIM
     PARTIAL: tl.constexpr = MASKED or HEAD_DIM != HEAD_DIM_PAD  # some entry of a tile may be off
     # in-tile offsets, int32 and loop-invariant; each step adds its block's int64 base
     k_tile = offs_n[:, None] * stride_kn + offs_d[None, :]
-    v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
-    kb_next = tl.load(indices_row_ptr + list_start, mask=list_start < list_end, other=0)
+    if V_E4M3:  # a block's values transposed: [HEAD_DIM, 64], each channel's 64 keys contiguous
+        v_tile = offs_d[:, None] * BLOCK_N + offs_n[None, :]
+    else:
+        v_tile = offs_n[:, None] * stride_vn + offs_d[None, :]
+    if DENSE_LIST:  # entry i is key block i
+        kb_next = list_start
+    else:
+        kb_next = tl.load(indices_row_ptr + list_start, mask=list_start < list_end, other=0)
+    if K_INT8:
+        k_scale_next = tl.load(k_scale_head_ptr + kb_next, mask=list_start < list_end, other=0.0)
+    if V_E4M3:
+        v_exp_next = tl.load(v_exp_head_ptr + kb_next * HEAD_DIM + offs_d, mask=d_valid & (list_start < list_end),
+                             other=0)
     for it in range(list_start, list_end):
         kb = kb_next
-        kb_next = tl.load(indices_row_ptr + it + 1, mask=it + 1 < list_end, other=0)
+        if DENSE_LIST:
+            kb_next = it + 1
+        else:
+            kb_next = tl.load(indices_row_ptr + it + 1, mask=it + 1 < list_end, other=0)
         k_rows = kb * BLOCK_N + offs_n
         k_block_ptr = k_head_ptr + (kb * BLOCK_N).to(tl.int64) * stride_kn
         v_block_ptr = v_head_ptr + (kb * BLOCK_N).to(tl.int64) * stride_vn
         kv_mask = (k_rows < n_valid)[:, None] & d_valid[None, :]
         if PARTIAL:
             k = tl.load(k_block_ptr + k_tile, mask=kv_mask, other=0.0)
-            v = tl.load(v_block_ptr + v_tile, mask=kv_mask, other=0.0)
+            if V_E4M3:
+                v = tl.load(v_block_ptr + v_tile, mask=tl.trans(kv_mask), other=0)
+            else:
+                v = tl.load(v_block_ptr + v_tile, mask=kv_mask, other=0.0)
         else:
             k = tl.load(k_block_ptr + k_tile)
             v = tl.load(v_block_ptr + v_tile)
         if K_INT8:
             k_int8 = k
-            k_scale = tl.load(k_scale_head_ptr + kb)
+            k_scale = k_scale_next
         else:
             k_int8, k_scale = _quantize_key_block(k, k_mean, kv_mask, SMOOTH_K, PARTIAL)
         s = tl.dot(q_int8, tl.trans(k_int8)).to(tl.float32) * (q_scale * k_scale)
@@ -101,21 +123,31 @@ def _split_steps(
                 visible = visible & (k_rows[None, :] <= q_index[:, None] + (n_valid - n_q))
             s = tl.where(visible, s, float("-inf"))
         p, acc, m_i, l_i = _softmax_step(acc, m_i, l_i, s, MASKED)
-        acc = tl.dot(p.to(tl.float16), v.to(tl.float16), acc)
+        if V_E4M3:
+            v_scale = ((v_exp_next.to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)  # 2**v_exp, exact
+            v16 = tl.trans(v.to(tl.float8e4nv, bitcast=True).to(tl.float16))
+            acc += tl.dot(p.to(tl.float16), v16) * v_scale[None, :]
+        else:
+            acc = tl.dot(p.to(tl.float16), v.to(tl.float16), acc)
+        if K_INT8:  # the next block's (none past the list)
+            k_scale_next = tl.load(k_scale_head_ptr + kb_next, mask=it + 1 < list_end, other=0.0)
+        if V_E4M3:
+            v_exp_next = tl.load(v_exp_head_ptr + kb_next * HEAD_DIM + offs_d, mask=d_valid & (it + 1 < list_end),
+                                 other=0)
     return acc, m_i, l_i
 
 
 @triton.jit(do_not_specialize=UNSPECIALIZED)
 def split_kv_kernel(
     q_ptr, k_ptr, v_ptr, partial_sums_ptr, counts_ptr, indices_ptr, kv_lens_ptr, k_scale_ptr, k_mean_ptr,
-    q_pre_scale, n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
+    v_exp_ptr, q_pre_scale, n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     out_ptr, lse_ptr, partial_out_ptr, partial_lse_ptr,
     BLOCK_ROWS: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     HEADS_PER_PROGRAM: tl.constexpr, SPLITS: tl.constexpr, ROWS_PER_CHUNK: tl.constexpr, SMOOTH_K: tl.constexpr,
     IS_CAUSAL: tl.constexpr, RETURN_LSE: tl.constexpr, SHIFT_LSE: tl.constexpr, STRIDE_ALIGN: tl.constexpr,
-    HAS_KV_LENS: tl.constexpr, K_INT8: tl.constexpr,
+    HAS_KV_LENS: tl.constexpr, K_INT8: tl.constexpr, V_E4M3: tl.constexpr, DENSE_LIST: tl.constexpr,
 ):
     """Grid: B * Hkv * (kv_group / HEADS_PER_PROGRAM) * SPLITS; n_q * HEADS_PER_PROGRAM <= BLOCK_ROWS <= 128.
 
@@ -124,10 +156,15 @@ def split_kv_kernel(
     k_scale and k_mean are not read.
 
     The block lists are block_lists.py's for the single query block (n_q <= 128); a program packing several
-    heads reads the list of its first head (the plan packs heads only when their lists are one list).
+    heads reads the list of its first head (the plan packs heads only when their lists are one list). With
+    DENSE_LIST (no block mask) there are none: the list is every live block in order (_live_blocks), and
+    counts / indices are not read.
     SPLITS > 1: partial_out (fp32, [B*Hq, SPLITS, n_q, HEAD_DIM]) and partial_lse (log2, [B*Hq, SPLITS, n_q]):
     each slice's normalized output and log2-sum-exp (-inf and zeros for a slice that sees nothing), for
     combine.py. SPLITS == 1: out and lse (natural log) directly.
+    V_E4M3 (with K_INT8): v is the cache's e4m3 bits (uint8, each 64-key block transposed: [HEAD_DIM, 64] at
+    the block's start, which the v strides address) and v_exp its int8 scale exponents [B*Hkv, n_k / 64,
+    HEAD_DIM]; without it v_exp is not read.
     """
     stride_qb, stride_qh, stride_qn = _aligned(stride_qb, stride_qh, stride_qn, STRIDE_ALIGN)
     stride_kb, stride_kh, stride_kn = _aligned(stride_kb, stride_kh, stride_kn, STRIDE_ALIGN)
@@ -164,8 +201,11 @@ def split_kv_kernel(
                                HEAD_DIM_PAD)
 
     list_row = (b * list_stride_b + h0 * list_stride_h).to(tl.int64)  # the one query block's list
-    n_live = tl.load(counts_ptr + list_row * 2)
-    n_full = tl.load(counts_ptr + list_row * 2 + 1)
+    if DENSE_LIST:  # BLOCK_ROWS >= n_q stands for the query block's 128 rows: both clip to n_q
+        n_live, n_full = _live_blocks(0, n_q, n_valid, BLOCK_ROWS, BLOCK_N, IS_CAUSAL)
+    else:
+        n_live = tl.load(counts_ptr + list_row * 2)
+        n_full = tl.load(counts_ptr + list_row * 2 + 1)
     per_split = tl.cdiv(n_live, SPLITS)
     start = split * per_split
     end = tl.minimum(start + per_split, n_live)
@@ -173,17 +213,20 @@ def split_kv_kernel(
     k_head_ptr = k_ptr + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh
     v_head_ptr = v_ptr + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh
     k_scale_head_ptr = k_scale_ptr + bkv.to(tl.int64) * n_kb
+    v_exp_head_ptr = v_exp_ptr + bkv.to(tl.int64) * n_kb * HEAD_DIM
 
     acc = tl.zeros([BLOCK_ROWS, HEAD_DIM_PAD], dtype=tl.float32)
     m_i = tl.full([BLOCK_ROWS], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
     # the slice's unmasked entries, then its masked ones (causal diagonal, ragged tail: the list's last)
     acc, m_i, l_i = _split_steps(acc, m_i, l_i, q_int8, q_scale, k_mean, k_head_ptr, k_scale_head_ptr, v_head_ptr,
-                                 indices_row_ptr, start, tl.minimum(end, n_full), q_index, n_q, n_valid, stride_kn,
-                                 stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, SMOOTH_K, IS_CAUSAL, False, K_INT8)
+                                 v_exp_head_ptr, indices_row_ptr, start, tl.minimum(end, n_full), q_index, n_q,
+                                 n_valid, stride_kn, stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, SMOOTH_K, IS_CAUSAL,
+                                 False, K_INT8, V_E4M3, DENSE_LIST)
     acc, m_i, l_i = _split_steps(acc, m_i, l_i, q_int8, q_scale, k_mean, k_head_ptr, k_scale_head_ptr, v_head_ptr,
-                                 indices_row_ptr, tl.maximum(start, n_full), end, q_index, n_q, n_valid, stride_kn,
-                                 stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, SMOOTH_K, IS_CAUSAL, True, K_INT8)
+                                 v_exp_head_ptr, indices_row_ptr, tl.maximum(start, n_full), end, q_index, n_q,
+                                 n_valid, stride_kn, stride_vn, BLOCK_N, HEAD_DIM, HEAD_DIM_PAD, SMOOTH_K, IS_CAUSAL,
+                                 True, K_INT8, V_E4M3, DENSE_LIST)
 
     seen_nothing = l_i == 0.0
     out = acc / tl.where(seen_nothing, 1.0, l_i)[:, None]  # acc is 0 there too: zeros, never 0/0

@@ -1,8 +1,8 @@
 """JAX frontend: `sparse_sageattn` launching the core kernels through jax-triton on CUDA (imported lazily, only
 where that path is lowered), a pure-JAX path on other backends, a Flax `attention_fn` adapter, a shard_map
-wrapper, static block-mask builders, a predicted block mask, and an INT8 KV cache for decoding
-(`Int8KVCache`: `init_cache`, then `cache_append` returns the updated cache and `cache_attend` attends over it;
-kv_cache.py)."""
+wrapper, static block-mask builders, a predicted block mask, and an INT8 KV cache for decoding, its values kept
+as given or in FP8 e4m3 (`Int8KVCache`: `init_cache`, then `cache_append` returns the updated cache and
+`cache_attend` attends over it; kv_cache.py)."""
 from ._launch import CAPABILITY_ENV
 from .attention import sparse_sageattn
 from .flax_adapter import attention_fn

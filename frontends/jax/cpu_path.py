@@ -4,13 +4,17 @@ correctness path, not a fast one.
 It follows the kernels' numerics step by step (SageAttention V1): Q quantized to INT8 per block of 128 rows
 with sm_scale*log2(e) folded in, K per block of 64 rows after subtracting its mean over the keys, an INT8 Q.K^T
 with int32 accumulation scaled into the log2 domain, an exp2 softmax, P.V with fp16 operands and fp32
-accumulation -- or, with pv_dtype="fp8", P * 448 and V scaled per channel by 448 / max|V| both rounded to e4m3.
+accumulation -- or, with pv_dtype="fp8", P * 448 and V scaled per channel by 448 / max|V| both rounded to e4m3;
+over an e4m3 KV cache, each 64-key block's fp32 product of fp16 P and its e4m3 values times their powers of two.
 It materialises the (Nq, Nk) score matrix per head, so it suits tests and small models on CPU.
 Its results are close to the kernels' (same quantization), not bitwise equal (the kernels' softmax is online).
-`cache_append` writes the append kernel's bits, but for the first fill's smoothing vector (summed in another order).
+`cache_append` writes the append kernel's bits (under the Triton interpreter), but for the first fill's smoothing
+vector (summed in another order) and for bfloat16 values below fp32's normal range (XLA's CPU flushes them to
+zero).
 """
 import math
 
+import jax
 import jax.numpy as jnp
 
 from sparse_sageattn.core_kernels.contract import BLOCK_M, BLOCK_N, E4M3_MAX, LN2, LOG2E
@@ -57,6 +61,28 @@ def _to_e4m3(x):
     return jnp.clip(x, -E4M3_MAX, E4M3_MAX).astype(jnp.float8_e4m3fn).astype(jnp.float32)
 
 
+def _pow2(e):
+    """2**e as fp32 for integer e in [-126, 127], from its bits (exact, as the kernels form it)."""
+    return jax.lax.bitcast_convert_type((e.astype(jnp.int32) + 127) << 23, jnp.float32)
+
+
+def _pv_e4m3_cache(p, v_bits, v_exp, n_valid):
+    """P (B, Hkv, G, Nq_pad, Nk) times an e4m3 cache's values (core_kernels/kv_cache/append.py), fp32 out, as the
+    split-KV kernel takes them: per 64-key block the fp32 product of P in fp16 and the e4m3 values (exact in
+    fp16), times the block's 2**v_exp per channel. v_bits (B, Hkv, Nk, D) uint8 in key order (zeros past the
+    valid keys), v_exp (B, Hkv, Nk / 64, D) int8."""
+    batch, heads_kv, n_k, head_dim = v_bits.shape
+    n_kb = n_k // BLOCK_N
+    # the exponents of the blocks past the valid keys are never read (the cache may hold anything there)
+    block_exists = jnp.arange(n_kb)[None, None, :, None] * BLOCK_N < n_valid
+    scale = _pow2(jnp.where(block_exists, v_exp, 0))
+    v16 = jax.lax.bitcast_convert_type(v_bits, jnp.float8_e4m3fn).astype(jnp.float16)
+    p16 = p.astype(jnp.float16).reshape(p.shape[:-1] + (n_kb, BLOCK_N))
+    blocks = jnp.einsum("bhgqnk,bhnkd->bhgqnd", p16, v16.reshape(batch, heads_kv, n_kb, BLOCK_N, head_dim),
+                        preferred_element_type=jnp.float32)
+    return jnp.sum(blocks * scale[:, :, None, None], axis=-2)
+
+
 def _pv(p, v, n_k_pad, pv_dtype):
     """P (B, Hkv, G, Nq_pad, Nk_pad) in [0, 1] times V (B, Hkv, Nk, D; zeros past the valid keys), fp32 out."""
     n_k = v.shape[2]
@@ -72,14 +98,18 @@ def _pv(p, v, n_k_pad, pv_dtype):
 
 
 def attention(q, k, v, mask_id, kv_lens=None, *, is_causal, tensor_layout, sm_scale, smooth_k, return_lse,
-              pv_dtype="fp16", k_scale=None, k_mean=None):
+              pv_dtype="fp16", k_scale=None, k_mean=None, v_exp=None):
     """Same arguments as sparse_sageattn (already validated, sm_scale a float or None); returns (out, lse) or
     (out,), lse of shape (B, Hq, Nq) float32.
 
     k_scale, k_mean: k is an INT8 KV cache's keys (core_kernels/kv_cache/append.py), already smoothed by k_mean
     (B, Hkv, D) and quantized per 64-key block with the scales k_scale (B, Hkv, Nk / 64); k and v are then
-    (B, Hkv, Nk, D) whatever q's layout, and smooth_k must be True (the lse adds q . k_mean back)."""
+    (B, Hkv, Nk, D) whatever q's layout, and smooth_k must be True (the lse adds q . k_mean back). v_exp: v is
+    the cache's e4m3 values (uint8 bits, (B, Hkv, Nk / 64, D, 64): each block transposed), v_exp
+    (B, Hkv, Nk / 64, D) their scale exponents (pv_dtype "fp16")."""
     cached_k = k_scale is not None
+    if v_exp is not None:
+        v = v.swapaxes(3, 4).reshape(k.shape)  # in key order, as k
     if tensor_layout == "NHD":
         q = q.transpose(0, 2, 1, 3)
         if not cached_k:
@@ -121,7 +151,7 @@ def attention(q, k, v, mask_id, kv_lens=None, *, is_causal, tensor_layout, sm_sc
     row_max = jnp.where(row_max == -jnp.inf, 0.0, row_max)  # a row that sees nothing: no -inf - -inf
     p = jnp.exp2(scores - row_max[..., None])
     total = jnp.sum(p, axis=-1)
-    acc = _pv(p, v, n_k_pad, pv_dtype)
+    acc = _pv(p, v, n_k_pad, pv_dtype) if v_exp is None else _pv_e4m3_cache(p, v, v_exp, n_valid)
     seen_nothing = total == 0.0
     out = acc / jnp.where(seen_nothing, 1.0, total)[..., None]
     out = out.reshape(batch, heads_q, n_q_pad, head_dim)[:, :, :n_q].astype(q.dtype)
@@ -139,16 +169,38 @@ def attention(q, k, v, mask_id, kv_lens=None, *, is_causal, tensor_layout, sm_sc
     return out, lse.reshape(batch, heads_q, n_q)
 
 
-def cache_append(k, v, k_int8, k_scale, k_mean, k_tail, v_cache, lens, *, tensor_layout, first_fill):
-    """An INT8 KV cache's append (core_kernels/kv_cache/append.py, already validated): the cache's arrays, updated.
+def _e4m3_blocks(v):
+    """Values (B, Hkv, W, D) of whole 64-key blocks (zeros where absent) -> their e4m3 bits (uint8, each block
+    transposed as the cache holds it: (B, Hkv, W / 64, D, 64)) and the (block, channel) exponents (int8)
+    (B, Hkv, W / 64, D), as append.py's _quantize_v_e4m3: e from the fp32 bits of max|v| (the smallest e >= -126
+    with max|v| / 2**e <= 448), v / 2**e rounded to nearest even e4m3 (XLA's float8_e4m3fn cast: no value exceeds
+    448 there); a non-finite value becomes NaN (0x7F)."""
+    batch, heads_kv, n, head_dim = v.shape
+    v32 = v.astype(jnp.float32).reshape(batch, heads_kv, n // BLOCK_N, BLOCK_N, head_dim)
+    # a NaN makes its channel's max the fp32 NaN the interpreted kernel forms (XLA's max may drop NaNs)
+    amax = jnp.where(jnp.any(jnp.isnan(v32), axis=3), jnp.float32(jnp.nan), jnp.max(jnp.abs(v32), axis=3))
+    bits = jax.lax.bitcast_convert_type(amax, jnp.int32)
+    e = jnp.maximum(((bits >> 23) & 0xFF) - 135 + ((bits & 0x7FFFFF) > 0x600000).astype(jnp.int32), -126)
+    scaled = v32 * _pow2(-e)[:, :, :, None]
+    codes = jax.lax.bitcast_convert_type(scaled.astype(jnp.float8_e4m3fn), jnp.uint8)
+    codes = jnp.where(jnp.isfinite(v32), codes, jnp.uint8(0x7F))  # e4m3 has no infinity; the sign is dropped
+    return codes.swapaxes(3, 4), e.astype(jnp.int8)
+
+
+def cache_append(k, v, cache, *, tensor_layout, first_fill):
+    """An INT8 KV cache's append (core_kernels/kv_cache/append.py, already validated). cache: name -> array,
+    the arrays of its format (kv_cache.cache_arrays: v_exp present for "e4m3"); returns them updated, same names.
 
     As the kernel does: each batch row writes from lens[b] (0 at the first fill, whose keys' fp32 mean becomes the
     smoothing vector) up to the capacity, tokens past it dropped. Every 64-key block the new tokens touch is
     quantized again from its older keys (k_tail) and the new ones, rows past the last token zeros; k_tail becomes
-    the keys of the block holding the last token unless that token closes its block.
+    the keys of the block holding the last token (zeros after it) unless that token closes its block. Values are
+    written as given, or (e4m3) like the keys: each touched block again from v_tail and the new values, at its
+    own exponents, v_tail kept like k_tail.
     """
     if tensor_layout == "NHD":
         k, v = (x.transpose(0, 2, 1, 3) for x in (k, v))
+    k_int8, k_scale, k_mean, k_tail, lens = (cache[n] for n in ("k_int8", "k_scale", "k_mean", "k_tail", "lens"))
     batch, heads_kv, capacity = k_int8.shape[:3]
     n_new = k.shape[2]
     n_window = (-(-n_new // BLOCK_N) + 1) * BLOCK_N  # the kernel's APPEND_BLOCKS blocks, from the first touched
@@ -163,8 +215,21 @@ def cache_append(k, v, k_int8, k_scale, k_mean, k_tail, v_cache, lens, *, tensor
         index = jnp.clip(index, 0, x.shape[2] - 1)[:, None, :, None]
         return jnp.take_along_axis(x, jnp.broadcast_to(index, (batch, heads_kv, index.shape[2], 1)), axis=2)
 
-    keys = jnp.where(is_old, gather(k_tail, rows - window_start[:, None]),
-                     jnp.where(is_new, gather(k, rows - start[:, None]), jnp.zeros((), k.dtype)))
+    def window(tail, new):  # the touched blocks' rows: older ones from the tail, then the new ones, zeros after
+        return jnp.where(is_old, gather(tail, rows - window_start[:, None]),
+                         jnp.where(is_new, gather(new, rows - start[:, None]), jnp.zeros((), new.dtype)))
+
+    # the block of token end - 1, from the window, zeros after it; the old tail where end closes a block
+    last_start = (end - 1) // BLOCK_N * BLOCK_N
+    tail_rows = (last_start[:, None] + jnp.arange(BLOCK_N))[:, None, :, None]
+    writes_tail = ((end % BLOCK_N != 0) & (start < end))[:, None, None, None]
+
+    def new_tail(block_rows, old_tail):
+        tail = gather(block_rows, (last_start - window_start)[:, None] + jnp.arange(BLOCK_N))
+        tail = jnp.where(tail_rows < end[:, None, None, None], tail, jnp.zeros((), tail.dtype))
+        return jnp.where(writes_tail, tail, old_tail)
+
+    keys = window(k_tail, k)
     if first_fill:
         k_mean = jnp.mean(k.astype(jnp.float32), axis=2)
     centered = jnp.where(is_old | is_new, keys.astype(jnp.float32) - k_mean[:, :, None, :], 0.0)
@@ -173,17 +238,18 @@ def cache_append(k, v, k_int8, k_scale, k_mean, k_tail, v_cache, lens, *, tensor
     # A block at or past the end is not touched (the kernel skips it): its writes go past the capacity, dropped.
     b, h = jnp.arange(batch)[:, None, None], jnp.arange(heads_kv)[None, :, None]
     touched_rows = jnp.where(rows // BLOCK_N * BLOCK_N < end[:, None], rows, capacity)[:, None, :]
-    k_int8 = k_int8.at[b, h, touched_rows].set(block_int8, mode="drop")
     blocks = rows[:, ::BLOCK_N] // BLOCK_N
     touched_blocks = jnp.where(blocks * BLOCK_N < end[:, None], blocks, capacity // BLOCK_N)[:, None, :]
-    k_scale = k_scale.at[b, h, touched_blocks].set(block_scale, mode="drop")
-    new_rows = (start[:, None] + jnp.arange(n_new))[:, None, :]  # past the capacity: dropped
-    v_cache = v_cache.at[b, h, new_rows].set(v, mode="drop")
-
-    # the block of token end - 1, from the window; rows at or past the end keep what the old tail held there
-    last_start = (end - 1) // BLOCK_N * BLOCK_N
-    tail = gather(keys, (last_start - window_start)[:, None] + jnp.arange(BLOCK_N))
-    tail_rows = (last_start[:, None] + jnp.arange(BLOCK_N))[:, None, :, None]
-    writes_tail = ((end % BLOCK_N != 0) & (start < end))[:, None, None, None]
-    k_tail = jnp.where(writes_tail & (tail_rows < end[:, None, None, None]), tail, k_tail)
-    return k_int8, k_scale, k_mean, k_tail, v_cache, end
+    updated = dict(k_int8=k_int8.at[b, h, touched_rows].set(block_int8, mode="drop"),
+                   k_scale=k_scale.at[b, h, touched_blocks].set(block_scale, mode="drop"),
+                   k_mean=k_mean, k_tail=new_tail(keys, k_tail), lens=end)
+    if "v_exp" in cache:
+        values = window(cache["v_tail"], v)
+        block_bits, block_exp = _e4m3_blocks(values)
+        updated.update(v_cache=cache["v_cache"].at[b, h, touched_blocks].set(block_bits, mode="drop"),
+                       v_exp=cache["v_exp"].at[b, h, touched_blocks].set(block_exp, mode="drop"),
+                       v_tail=new_tail(values, cache["v_tail"]))
+    else:
+        new_rows = (start[:, None] + jnp.arange(n_new))[:, None, :]  # past the capacity: dropped
+        updated["v_cache"] = cache["v_cache"].at[b, h, new_rows].set(v, mode="drop")
+    return {name: updated[name] for name in cache}

@@ -33,7 +33,8 @@ returns None; anything else raises a ValueError saying what to do instead:
   position biases: refused. There is no backward pass yet either (inputs requiring grad raise).
 
 INT8 KV cache: `generate(..., past_key_values=Int8Cache(model.config, max_cache_len))` keeps every layer's K
-quantized as it grows (sparse_sageattn.torch.kv_cache.Int8KVCache): the prompt is attended by the plain call and
+quantized as it grows (sparse_sageattn.torch.kv_cache.Int8KVCache; `v_format="e4m3"` keeps V in FP8 too, half
+its bytes, at the e4m3 format's accuracy): the prompt is attended by the plain call and
 fixes each layer's smoothing vector; each later step appends its tokens (at most 128 a step) and attends over the
 cache, reading the INT8 keys as they are. Batches must be unpadded (rows advance together); beam search, which
 reorders the cache, is not supported.
@@ -48,6 +49,7 @@ import functools
 import torch
 
 from sparse_sageattn.core_kernels.contract import BLOCK_M, BLOCK_N, PV_DTYPES
+from sparse_sageattn.core_kernels.kv_cache import V_FORMATS
 from sparse_sageattn.torch.attention import sparse_sageattn
 from sparse_sageattn.torch.kv_cache import Int8KVCache
 
@@ -64,15 +66,17 @@ def _int8_cache_classes():
     class Int8CacheLayer(CacheLayerMixin):
         """One decoder layer's Int8KVCache, created at the first update with the prompt's shapes."""
 
-        def __init__(self, max_cache_len):
+        def __init__(self, max_cache_len, v_format):
             super().__init__()
             self.max_cache_len = max_cache_len
+            self.v_format = v_format
             self.cache = None
 
         def lazy_initialization(self, key_states, value_states):
             batch, heads_kv, _, head_dim = key_states.shape
             capacity = -(-self.max_cache_len // BLOCK_N) * BLOCK_N
-            self.cache = Int8KVCache(batch, heads_kv, capacity, head_dim, key_states.dtype, key_states.device)
+            self.cache = Int8KVCache(batch, heads_kv, capacity, head_dim, key_states.dtype, key_states.device,
+                                     self.v_format)
             self.keys, self.values = self.cache.arrays["k_int8"], self.cache.arrays["v_cache"]
             setattr(self.keys, _CACHE_TAG, self.cache)
             self.device = key_states.device
@@ -109,13 +113,16 @@ def _int8_cache_classes():
 
     class Int8Cache(Cache):
         """A transformers Cache of INT8 KV cache layers, one per decoder layer, each holding up to
-        max_cache_len tokens (prompt and generated)."""
+        max_cache_len tokens (prompt and generated), V in v_format (core_kernels.kv_cache.V_FORMATS)."""
 
-        def __init__(self, config, max_cache_len):
+        def __init__(self, config, max_cache_len, v_format="native"):
             if not isinstance(max_cache_len, int) or max_cache_len < 1:
                 raise ValueError(f"Int8Cache: max_cache_len must be a positive int, got {max_cache_len!r}")
+            if v_format not in V_FORMATS:
+                raise ValueError(f"Int8Cache: v_format must be one of {V_FORMATS}, got {v_format!r}")
             text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-            super().__init__(layers=[Int8CacheLayer(max_cache_len) for _ in range(text_config.num_hidden_layers)])
+            super().__init__(layers=[Int8CacheLayer(max_cache_len, v_format)
+                                     for _ in range(text_config.num_hidden_layers)])
 
     return Int8Cache
 

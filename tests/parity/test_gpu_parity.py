@@ -190,22 +190,25 @@ def test_split_kv_and_kv_lens(dtype, n_q, n_k, heads_q, heads_kv, mask_shape, kv
             assert np.array_equal(bits(t), bits(j)), name
 
 
+@pytest.mark.parametrize("v_format", ["native", "e4m3"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_int8_kv_cache(dtype):
+def test_int8_kv_cache(dtype, v_format):
     """The torch Int8KVCache and the JAX one, fed the same tokens (a 300-token prompt, then 1, 1 and 17 more, both
-    layouts), hold the same bits in every array after each append, and attention over them (1 and 16 queries,
-    causal) gives the same out and lse bits; so do decode steps jitted with the cache donated (updated in place)."""
+    layouts), hold the same arrays, with the same bits, after each append, and attention over them (1 and 16
+    queries, causal) gives the same out and lse bits; so do decode steps jitted with the cache donated (updated in
+    place). Values native or e4m3 (growing from one append to the next: a block's exponents are set again)."""
     batch, heads_kv, heads_q, head_dim, capacity = 2, 2, 8, 128, 1024
     np_dtype, torch_dtype, _ = DTYPES[dtype]
     rng = np.random.default_rng(9)
     offset = 2.0 * rng.standard_normal(head_dim, dtype=np.float32)  # what K's smoothing vector is for
-    torch_cache = Int8KVCache(batch, heads_kv, capacity, head_dim, torch_dtype, device="cuda")
+    torch_cache = Int8KVCache(batch, heads_kv, capacity, head_dim, torch_dtype, device="cuda", v_format=v_format)
     with jax.default_device(jax.devices("gpu")[0]):
-        jax_cache = init_cache(batch, heads_kv, capacity, head_dim, np_dtype)
-    for n, layout in ((300, "HND"), (1, "NHD"), (1, "HND"), (17, "NHD")):
+        jax_cache = init_cache(batch, heads_kv, capacity, head_dim, np_dtype, v_format)
+    assert tuple(jax_cache.arrays) == tuple(torch_cache.arrays)
+    for i, (n, layout) in enumerate(((300, "HND"), (1, "NHD"), (1, "HND"), (17, "NHD"))):
         shape = (batch, heads_kv, n, head_dim) if layout == "HND" else (batch, n, heads_kv, head_dim)
         k = (rng.standard_normal(shape, dtype=np.float32) + offset).astype(np_dtype)
-        v = rng.standard_normal(shape, dtype=np.float32).astype(np_dtype)
+        v = (rng.standard_normal(shape, dtype=np.float32) * 2.0 ** i).astype(np_dtype)
         torch_cache.append(to_torch(k), to_torch(v), layout)
         jax_cache = cache_append(jax_cache, to_jax(k), to_jax(v), layout)
         for name, t in torch_cache.arrays.items():
@@ -231,7 +234,7 @@ def test_int8_kv_cache(dtype):
         t_out, t_lse = torch_cache.attend(to_torch(q), is_causal=True, return_lse=True)
         donated = jax_cache
         jax_cache, (j_out, j_lse) = step(jax_cache, to_jax(k), to_jax(v), to_jax(q))
-        assert donated.k_int8.is_deleted()
+        assert all(a.is_deleted() for a in donated.arrays.values())
         for name, t in torch_cache.arrays.items():
             assert np.array_equal(bits(t), bits(getattr(jax_cache, name))), f"{name} after a jitted step"
         assert np.array_equal(bits(t_out), bits(j_out)) and np.array_equal(bits(t_lse), bits(j_lse))

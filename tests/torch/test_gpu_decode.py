@@ -1,12 +1,12 @@
 """GPU-only checks of short-query calls (the split-KV kernel) and kv_lens at decoding sizes: accuracy against the
 float64 reference (bf16, GQA 32/8, up to 128k keys), keys past kv_lens never read (they hold NaN), run-to-run
-determinism, CUDA-graph replay and torch.compile of a static-cache decode step."""
-import numpy as np
+determinism, CUDA-graph replay and torch.compile of a static-cache decode step; the INT8 KV cache in both V
+formats."""
 import pytest
 import torch
 
 from sparse_sageattn import sparse_sageattn
-from sparse_sageattn.reference import assert_close, attention
+from sparse_sageattn.reference import assert_close, attention, e4m3_cache_values
 from sparse_sageattn.torch import union_mask
 
 pytestmark = pytest.mark.gpu
@@ -124,28 +124,34 @@ def int8_cache_step(cache, q, k_new, v_new):
     return cache.attend(q, is_causal=True)
 
 
-def test_int8_cache_at_decoding_sizes_against_reference():
+@pytest.mark.parametrize("v_format", ["native", "e4m3"])
+def test_int8_cache_at_decoding_sizes_against_reference(v_format):
     """A 32k-token prompt into an INT8 cache, 3 one-token appends, then Nq=1 and Nq=16 attention (bf16, GQA 32/8):
-    the contract's bounds against the float64 reference over every appended key."""
+    the contract's bounds against the float64 reference over every appended key and the values the cache holds
+    (e4m3 values: reference.e4m3_cache_values)."""
     from sparse_sageattn.torch.kv_cache import Int8KVCache
 
     q, k, v, _ = cache(21, 2, 32, 8, 16, 32768 + 3)
-    kv = Int8KVCache(2, 8, 33024, 128, torch.bfloat16, "cuda")
+    kv = Int8KVCache(2, 8, 33024, 128, torch.bfloat16, "cuda", v_format)
     kv.append(k[:, :, :32768], v[:, :, :32768])
     for i in range(32768, 32771):
         kv.append(k[:, :, i:i + 1], v[:, :, i:i + 1])
+    held = v  # the values the cache holds, against whose reference it is judged (check reads kv heads 0 and 1)
+    if v_format == "e4m3":
+        held = torch.from_numpy(e4m3_cache_values(v[:, :2].double().cpu().numpy())).float().cuda()
     for n_q in (1, 16):
         out, lse = kv.attend(q[:, :, :n_q], is_causal=True, return_lse=True)
-        check(q[:, :, :n_q], k, v, None, True, None, out, lse)
+        check(q[:, :, :n_q], k, held, None, True, None, out, lse)
 
 
-def test_int8_cache_decode_step_replays_in_a_cuda_graph():
+@pytest.mark.parametrize("v_format", ["native", "e4m3"])
+def test_int8_cache_decode_step_replays_in_a_cuda_graph(v_format):
     """append + attend captured once and replayed: the same bits as the same steps run eagerly on a twin cache
     (the host's token count does not advance under replay; the device's lens does)."""
     from sparse_sageattn.torch.kv_cache import Int8KVCache
 
     q, k, v, _ = cache(23, 4, 32, 8, 1, 4096)
-    graphed, eager = (Int8KVCache(4, 8, 8192, 128, torch.bfloat16, "cuda") for _ in range(2))
+    graphed, eager = (Int8KVCache(4, 8, 8192, 128, torch.bfloat16, "cuda", v_format) for _ in range(2))
     for kv in (graphed, eager):
         kv.append(k, v)
     gen = torch.Generator(device="cuda").manual_seed(24)
@@ -173,13 +179,14 @@ def test_int8_cache_decode_step_replays_in_a_cuda_graph():
         assert torch.equal(t, eager.arrays[name]), name
 
 
-def test_int8_cache_bitwise_deterministic():
+@pytest.mark.parametrize("v_format", ["native", "e4m3"])
+def test_int8_cache_bitwise_deterministic(v_format):
     from sparse_sageattn.torch.kv_cache import Int8KVCache
 
     q, k, v, _ = cache(25, 8, 32, 8, 1, 32768)
     outs = []
     for _ in range(2):
-        kv = Int8KVCache(8, 8, 32768, 128, torch.bfloat16, "cuda")
+        kv = Int8KVCache(8, 8, 32768, 128, torch.bfloat16, "cuda", v_format)
         kv.append(k, v)
-        outs.append((kv.attend(q, is_causal=True), kv.arrays["k_int8"], kv.arrays["k_scale"]))
+        outs.append((kv.attend(q, is_causal=True), *kv.arrays.values()))
     assert all(torch.equal(a, b) for a, b in zip(*outs))

@@ -29,6 +29,10 @@ from hf_cases import recording, with_cache
 # of about 0.9995. 0.999 leaves that margin twice over; a semantic error (wrong alignment, scale, head mapping)
 # moves the logits far more (checked per call below, where the non-causal result fails the contract's bound).
 LOGITS_COS_MIN = 0.999
+# The same with e4m3 values in the KV cache: its format alone leaves a call at a cosine of about 0.9997 (the e4m3
+# floor, tests/torch/test_kv_cache.py), a relative error of about sqrt(2 * 3e-4) = 2.4%; two layers about 5%, a
+# cosine of about 0.99875; twice the margin again.
+LOGITS_COS_MIN_E4M3 = 0.9975
 
 
 def config(cls=LlamaConfig, **overrides):
@@ -252,7 +256,8 @@ def test_generate_runs_with_the_mask_generate_passes(device):
                            eager.generate(ids, max_new_tokens=4, do_sample=False))
 
 
-def test_generate_with_an_int8_cache(device):
+@pytest.mark.parametrize("v_format", ["native", "e4m3"])
+def test_generate_with_an_int8_cache(device, v_format):
     """past_key_values=Int8Cache: the prompt through the plain call (float keys), then each step over the cache's
     INT8 keys (int8 key tensors reach the attention function); the final logits match eager fp32, and every layer's
     cache holds prompt + generated tokens."""
@@ -263,10 +268,11 @@ def test_generate_with_an_int8_cache(device):
     ids = token_ids(1, 150, device)
     with torch.no_grad():
         kwargs = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True)
-        cache = Int8Cache(model.config, 154)
+        cache = Int8Cache(model.config, 154, v_format)
         ours, ref = model.generate(ids, past_key_values=cache, **kwargs), eager.generate(ids, **kwargs)
     assert torch.equal(ours.sequences, ref.sequences)
-    assert logits_cosine(ours.logits[-1], ref.logits[-1]) >= LOGITS_COS_MIN
+    assert logits_cosine(ours.logits[-1], ref.logits[-1]) >= (LOGITS_COS_MIN if v_format == "native"
+                                                               else LOGITS_COS_MIN_E4M3)
     assert [(c[0].shape[2], c[1].dtype) for c in calls] == [(150, torch.float16)] * 2 + [(1, torch.int8)] * 6
     assert all(layer.cache.lens.tolist() == [153] for layer in cache.layers)
     with pytest.raises(NotImplementedError, match="beam search"):
@@ -278,6 +284,8 @@ def test_int8_cache_refuses_long_chunks_after_the_prompt(device):
 
     register()
     model, _ = models("sparse_sageattn", device)
+    with pytest.raises(ValueError, match="v_format must be one of"):
+        Int8Cache(model.config, 512, "fp8")
     cache = Int8Cache(model.config, 512)
     with torch.no_grad():
         model(token_ids(1, 20, device), **with_cache(model, cache), use_cache=True)
