@@ -31,6 +31,13 @@ def _e4m3_bits(x):
 
 
 @triton.jit
+def pow2(e):
+    """2**e as fp32 for integer (int32) e in [-126, 127], from its bits: exact, the scale of an e4m3 KV cache's
+    values (kv_cache/append.py)."""
+    return ((e + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def to_e4m3(x, SOFTWARE_ROUNDING: tl.constexpr):
     if SOFTWARE_ROUNDING:
         return _e4m3_bits(x).to(tl.uint8).to(tl.float8e4nv, bitcast=True)

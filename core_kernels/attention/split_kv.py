@@ -20,6 +20,7 @@ import triton.language as tl
 from .. import contract
 from ..alignment import _aligned
 from .block_lists import _live_blocks
+from .fp8 import pow2
 from .kernel import _softmax_step
 from .kv_lens import _valid_keys
 from .quantize import _abs_max, _channel_mean, _to_int8
@@ -124,7 +125,7 @@ def _split_steps(
             s = tl.where(visible, s, float("-inf"))
         p, acc, m_i, l_i = _softmax_step(acc, m_i, l_i, s, MASKED)
         if V_E4M3:
-            v_scale = ((v_exp_next.to(tl.int32) + 127) << 23).to(tl.float32, bitcast=True)  # 2**v_exp, exact
+            v_scale = pow2(v_exp_next.to(tl.int32))
             v16 = tl.trans(v.to(tl.float8e4nv, bitcast=True).to(tl.float16))
             acc += tl.dot(p.to(tl.float16), v16) * v_scale[None, :]
         else:

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ..alignment import _aligned
-from ..attention.fp8 import to_e4m3
+from ..attention.fp8 import pow2, to_e4m3
 from ..attention.quantize import _INTERPRETED, _abs_max, _channel_mean, _to_int8
 
 
@@ -45,17 +45,11 @@ def _e4m3_exponent(amax):
 
 
 @triton.jit
-def _pow2(e):
-    """2**e as fp32 for integer e in [-126, 127], from its bits (exact)."""
-    return ((e + 127) << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def _quantize_v_e4m3(v):
     """A block of values (fp32, zeros where absent) -> its e4m3 bits (uint8) and per-channel exponents (int8).
     A non-finite value becomes NaN (e4m3 has no infinity; a saturated inf would pass for a finite value)."""
     e = _e4m3_exponent(_abs_max(v, 0))
-    scaled = v * _pow2(-e)[None, :]
+    scaled = v * pow2(-e)[None, :]
     scaled = tl.where(v - v == 0.0, scaled, float("nan"))
     bits = to_e4m3(scaled, _INTERPRETED).to(tl.uint8, bitcast=True)
     return bits, e.to(tl.int8)
@@ -121,11 +115,11 @@ def append_kernel(
         cache_row = bh.to(tl.int64) * capacity
         block_ptr = (cache_row + block_start) * HEAD_DIM
         block_index = bh.to(tl.int64) * (capacity // BLOCK_N) + first_block + j
-        tail_ptr = bh.to(tl.int64) * (BLOCK_N * HEAD_DIM)
+        tail_offset = bh.to(tl.int64) * (BLOCK_N * HEAD_DIM)
         k_new_ptr = k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
         v_new_ptr = v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
         new_index = rows - start
-        k_old = tl.load(k_tail_ptr + tail_ptr + tile, mask=old_mask, other=0.0)
+        k_old = tl.load(k_tail_ptr + tail_offset + tile, mask=old_mask, other=0.0)
         k_new = tl.load(k_new_ptr + new_index[:, None] * stride_kn + offs_d[None, :], mask=new_mask, other=0.0)
         k = tl.where(is_old[:, None], k_old, k_new)
         if FIRST_FILL:
@@ -141,7 +135,7 @@ def append_kernel(
         tl.store(k_scale_ptr + block_index, k_scale)
         v_new = tl.load(v_new_ptr + new_index[:, None] * stride_vn + offs_d[None, :], mask=new_mask, other=0.0)
         if V_E4M3:  # the whole block again, older values from the tail
-            v_old = tl.load(v_tail_ptr + tail_ptr + tile, mask=old_mask, other=0.0)
+            v_old = tl.load(v_tail_ptr + tail_offset + tile, mask=old_mask, other=0.0)
             v = tl.where(is_old[:, None], v_old, v_new)
             v_bits, v_exp = _quantize_v_e4m3(v.to(tl.float32))
             tile_t = offs_d[:, None] * BLOCK_N + offs_r[None, :]
@@ -155,9 +149,9 @@ def append_kernel(
                 v_tail = _new_tail(v, v_new_ptr, stride_vn, block_start, start, end, BLOCK_N, HEAD_DIM,
                                    HEAD_DIM_PAD)
             tl.debug_barrier()  # every thread has read the old tails (k_old, v_old) before any overwrites them
-            tl.store(k_tail_ptr + tail_ptr + tile, k_tail, mask=d_valid[None, :])
+            tl.store(k_tail_ptr + tail_offset + tile, k_tail, mask=d_valid[None, :])
             if V_E4M3:
-                tl.store(v_tail_ptr + tail_ptr + tile, v_tail, mask=d_valid[None, :])
+                tl.store(v_tail_ptr + tail_offset + tile, v_tail, mask=d_valid[None, :])
 
 
 @triton.jit(do_not_specialize=["n_new", "capacity", "batch"])

@@ -49,7 +49,7 @@ import functools
 import torch
 
 from sparse_sageattn.core_kernels.contract import BLOCK_M, BLOCK_N, PV_DTYPES
-from sparse_sageattn.core_kernels.kv_cache import V_FORMATS
+from sparse_sageattn.core_kernels.kv_cache import cache_arrays
 from sparse_sageattn.torch.attention import sparse_sageattn
 from sparse_sageattn.torch.kv_cache import Int8KVCache
 
@@ -113,13 +113,12 @@ def _int8_cache_classes():
 
     class Int8Cache(Cache):
         """A transformers Cache of INT8 KV cache layers, one per decoder layer, each holding up to
-        max_cache_len tokens (prompt and generated), V in v_format (core_kernels.kv_cache.V_FORMATS)."""
+        max_cache_len tokens (prompt and generated), V in v_format ("native" or "e4m3")."""
 
         def __init__(self, config, max_cache_len, v_format="native"):
             if not isinstance(max_cache_len, int) or max_cache_len < 1:
                 raise ValueError(f"Int8Cache: max_cache_len must be a positive int, got {max_cache_len!r}")
-            if v_format not in V_FORMATS:
-                raise ValueError(f"Int8Cache: v_format must be one of {V_FORMATS}, got {v_format!r}")
+            cache_arrays(v_format)  # refuses an unknown format now, not at the first layer's update
             text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
             super().__init__(layers=[Int8CacheLayer(max_cache_len, v_format)
                                      for _ in range(text_config.num_hidden_layers)])
