@@ -142,7 +142,10 @@ def check_case(name, timed=True, device="cuda"):
         rec = dict(case=name, variant=variant, **{k: spec[k] for k in ("head_dim", "dtype", "mask", "causal")},
                    n_q=spec["n_q"], n_k=spec["n_k"], heads_q=spec["heads_q"], heads_kv=spec["heads_kv"])
         try:
-            step = plan_with(override).launches[-1]
+            variant_plan = plan_with(override)
+            step = variant_plan.launches[-1]
+            # the variant's own scratch (the Gluon kernel's descriptors), which the table's plan may not hold
+            env.update((n, t) for n, t in _launch.allocate(variant_plan, {}, device).items() if n not in env)
             run = _launch.launch
             rec.update(key_blocks_per_step=step.constexprs["KEY_BLOCKS_PER_STEP"], **step.options)
             e1, e2 = fresh_outputs(env), fresh_outputs(env)

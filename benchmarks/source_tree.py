@@ -23,15 +23,28 @@ def load_core_kernels(root):
 def attention_make_plan(ck):
     """The attention op's plan function of a loaded tree: `core_kernels.attention.make_plan`, or, in trees from
     before the per-op packages, `core_kernels.make_plan`, whose launches carry the same inputs / scalars /
-    outputs / constexprs fields and get the launch `options` the executors read."""
+    outputs / constexprs fields and get the launch `options` the executors read. Launches of trees from before
+    global scratch get `global_scratch=None`."""
     make_plan = getattr(ck.attention, "make_plan", None)
     if make_plan is not None:
-        return make_plan
+        if "global_scratch" in ck.Launch.__dataclass_fields__:
+            return make_plan
+
+        def no_scratch_plan(*args, **kwargs):
+            plan = make_plan(*args, **kwargs)
+            launches = tuple(types.SimpleNamespace(**{f: getattr(step, f) for f in step.__dataclass_fields__},
+                                                   options=step.options, global_scratch=None)
+                             for step in plan.launches)
+            return types.SimpleNamespace(buffers=plan.buffers, launches=launches, outputs=plan.outputs,
+                                         aliases=plan.aliases)
+
+        return no_scratch_plan
 
     def old_layout_plan(*args, **kwargs):
         plan = ck.make_plan(*args, **kwargs)
         launches = tuple(types.SimpleNamespace(**vars(step), options=dict(num_warps=step.num_warps,
-                                                                          num_stages=step.num_stages))
+                                                                          num_stages=step.num_stages),
+                                               global_scratch=None)
                          for step in plan.launches)
         return types.SimpleNamespace(buffers=plan.buffers, launches=launches, outputs=("out", "lse"))
 

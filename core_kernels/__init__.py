@@ -11,12 +11,12 @@
 from triton.runtime.interpreter import InterpretedFunction
 
 from . import attention, configs, contract, kv_cache, predict
-from .launch import ArrayDesc, Buffer, Launch, Plan, Ref, contiguous_strides
+from .launch import ArrayDesc, Buffer, Launch, Plan, Ref, contiguous_strides, global_scratch_bytes
 
 # True when TRITON_INTERPRET=1 was set before these kernels were decorated: they then run on CPU arrays.
 INTERPRETED = isinstance(attention.plan.attention_kernel, InterpretedFunction)
 
 __all__ = [
-    "ArrayDesc", "Buffer", "Launch", "Plan", "Ref", "contiguous_strides", "attention", "kv_cache", "predict", "configs",
+    "ArrayDesc", "Buffer", "Launch", "Plan", "Ref", "contiguous_strides", "global_scratch_bytes", "attention", "kv_cache", "predict", "configs",
     "contract", "INTERPRETED",
 ]

@@ -56,6 +56,8 @@ class Launch:
 
     args: every parameter of `kernel` by name -> Ref(array) or a number. writes: the arrays it writes (the
     output pointers). inputs / scalars / outputs / constexprs are derived, in the kernel's parameter order.
+    global_scratch: the plan buffer passed as Triton's hidden global-scratch pointer, for a kernel that builds
+    TMA descriptors in it (the buffer's bytes / the grid's programs per program); None: the kernel needs none.
     """
     name: str
     kernel: object
@@ -65,6 +67,7 @@ class Launch:
     num_warps: int
     num_stages: int
     maxnreg: int | None = None
+    global_scratch: str | None = None
     inputs: tuple = field(init=False, compare=False)  # array names
     scalars: tuple = field(init=False, compare=False)  # numbers
     outputs: tuple = field(init=False, compare=False)  # array names
@@ -86,6 +89,9 @@ class Launch:
         extra = [n for n in self.args if n not in names]
         if missing or extra:
             raise TypeError(f"{where}: missing arguments {missing}, unknown arguments {extra}")
+        if self.global_scratch is not None and self.global_scratch in {a.name for a in self.args.values()
+                                                                       if isinstance(a, Ref)}:
+            raise TypeError(f"{where}: global scratch {self.global_scratch!r} is also an argument")
         unwritten = [n for n in self.writes if n not in {a.name for a in self.args.values() if isinstance(a, Ref)}]
         if unwritten:
             raise TypeError(f"{where}: writes {unwritten}, which no argument passes")
@@ -128,6 +134,21 @@ class Plan:
     launches: tuple
     outputs: tuple
     aliases: dict = field(default_factory=dict)
+
+
+def global_scratch_bytes(plan: Plan, step: Launch) -> int:
+    """Bytes of global scratch each program of `step` gets: its buffer split evenly over the grid."""
+    buf = plan.buffers[step.global_scratch]
+    programs = 1
+    for g in step.grid:
+        programs *= g
+    size = 1
+    for d in buf.shape:
+        size *= d
+    if buf.dtype != "uint8" or size % programs:
+        raise ValueError(f"launch {step.name!r}: global scratch {step.global_scratch!r} must be uint8 bytes, a "
+                         f"whole number per program of its grid {step.grid}; got {buf.dtype} of {size}")
+    return size // programs
 
 
 def contiguous_strides(shape):

@@ -3,14 +3,20 @@ parameters (names, order, constexprs), same grid (one program per (batch*head, q
 first), same numerics (INT8 Q.K^T with int32 accumulation scaled by q_scale * k_scale in the log2 domain, exp2
 online softmax, fp16 P.V with fp32 accumulation; rows that see nothing -> zeros and lse = -inf).
 
-Structure (FA3's shape, fed by pointers only: no host TMA descriptors, so the JAX launch can feed it too):
+Structure (FA3's shape; TMA without host descriptors, so the JAX launch feeds it as the torch one does):
+  - the program builds its TMA descriptors itself (tma.make_tensor_descriptor) in the global scratch its launch
+    passes: Triton's hidden global-scratch parameter, DESCRIPTOR_SCRATCH_BYTES a program (the plan allocates it;
+    the torch executor hands it to Triton's launcher, the JAX executor passes it as the last array, which lands
+    in that parameter's slot). A host-built descriptor cannot reach a jax-triton launch; this one does.
   - loader partition (LOADER_WARPS warps): walks the program's block list itself (entries [0, live), one or two
     64-key blocks per step, KEY_BLOCKS_PER_STEP) and fills a ring of RING_STAGES shared-memory slots, each one K
     tile (int8) and one V tile (fp16), NVMMA-swizzled for wgmma. K always, and fp16 V with 16-byte-aligned rows
-    (STRIDE_ALIGN == 8), go by cp.async (zero-filled past the keys); V rows of unknown alignment, or bf16 V (the
-    plan hands this kernel the fp16 copy it makes, so only a caller binding it by hand does that), are loaded into
-    registers, converted to fp16 and stored (fp16 is what the P.V MMA takes; cp.async needs 16-byte rows here). mbarriers: `ready[s]` (the slot is filled: one cp.async arrive per loader thread, plus
-    one plain arrive after the register path's stores and proxy fence), `empty[s]` (every consumer is done).
+    (STRIDE_ALIGN == 8), go by TMA (rows out of bounds arrive as zeros: the head's blocks end at n_kb, V's rows
+    at the valid keys); V rows of unknown alignment, or bf16 V (the plan hands this kernel the fp16 copy it
+    makes, so only a caller binding it by hand does that), are loaded into registers, converted to fp16 and
+    stored (fp16 is what the P.V MMA takes). mbarriers: `ready[s]` (the slot is filled: the loader's expect of
+    the TMA bytes, plus one plain arrive after the register path's stores and proxy fence), `empty[s]` (every
+    consumer is done).
   - CONSUMER_WARPGROUPS consumer warpgroups (the default partition and, with 2, one 4-warp worker), each on
     BLOCK_M / CONSUMER_WARPGROUPS query rows: s8 wgmma Q.K^T (Q in shared memory, K viewed K-major), the scale
     and mask (unmasked list entries [0, full), then the masked ones with the key-tail and bottom-right causal
@@ -31,9 +37,8 @@ a launch with num_warps != NUM_WARPS. FP8_SOFTWARE_ROUNDING only matters with PV
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_wait,
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
 
 from .. import contract
@@ -49,6 +54,7 @@ LOADER_REGS = 40
 CONSUMER_REGS = 232  # the worker consumer; the default partition gets the rest: 504 - 232 - 40 = 232
 MAXNREG = 168 if CONSUMER_WARPGROUPS == 2 else 240  # 65536 registers / (32 * all warps), a multiple of 8
 V_CHUNK_ROWS = 16  # register path: rows of V per load/convert/store (8 registers a loader thread; 32 spill)
+DESCRIPTOR_SCRATCH_BYTES = 2 * 128  # global scratch a program: its K and V TMA descriptors, 128 bytes each
 
 LN2 = gl.constexpr(contract.LN2)
 _N_CONSUMERS = gl.constexpr(CONSUMER_WARPGROUPS)
@@ -106,7 +112,6 @@ def _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, s
     slot = step % STAGES
     prev_slot = (step + STAGES - 1) % STAGES
     mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
-    fence_async_shared()  # the loader's cp.async / st.shared writes (generic proxy) before wgmma reads (async)
     k_smem = k_bufs.index(slot)
     v_prev = v_bufs.index(prev_slot)
     zero = gl.zeros([q_rows.shape[0], BN], gl.int32, layout=s_l)
@@ -220,9 +225,10 @@ def _consumer(q_smem, k_bufs, v_bufs, ready, empty, indices_row_ptr, k_scale_hea
 
 
 @gluon.jit
-def _load_v_rows(v_smem, v_head_ptr, kb, row0, n_k, stride_vn,
-                 BLOCK_N: gl.constexpr, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, ASYNC: gl.constexpr):
-    """Rows [row0, row0 + ROWS) of key block kb of V into v_smem (ROWS x HEAD_DIM, fp16), zero past n_k."""
+def _store_v_rows(v_smem, v_head_ptr, kb, row0, n_k, stride_vn,
+                  BLOCK_N: gl.constexpr, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr):
+    """Rows [row0, row0 + ROWS) of key block kb of V, converted to fp16, into v_smem (ROWS x HEAD_DIM), zero past
+    n_k: the register path, for V that TMA cannot read (bf16, or rows not on 16 bytes)."""
     nw: gl.constexpr = gl.num_warps()
     TPC: gl.constexpr = HEAD_DIM // 8  # threads along a row: 16-byte vectors of 8 fp16/bf16
     v_l: gl.constexpr = gl.BlockedLayout([1, 8], [32 // TPC, TPC], [nw, 1], [1, 0])
@@ -231,27 +237,19 @@ def _load_v_rows(v_smem, v_head_ptr, kb, row0, n_k, stride_vn,
     keys = kb * BLOCK_N + row0 + r
     ptrs = (v_head_ptr + (kb * BLOCK_N + row0).to(gl.int64) * stride_vn + r[:, None] * stride_vn + c[None, :])
     valid = (keys < n_k)[:, None] & (c < HEAD_DIM)[None, :]
-    if ASYNC:
-        async_copy.async_copy_global_to_shared(v_smem, ptrs, mask=valid)
-    else:
-        v_smem.store(gl.load(ptrs, mask=valid, other=0.0).to(gl.float16))
+    v_smem.store(gl.load(ptrs, mask=valid, other=0.0).to(gl.float16))
 
 
 @gluon.jit
-def _loader(k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_k, n_kb, k_head_ptr, v_head_ptr, stride_vn,
-            BLOCK_N: gl.constexpr, KB: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-            V_ASYNC: gl.constexpr, V_CHUNK: gl.constexpr, STRIDE_ALIGN: gl.constexpr):
-    """Fill ring slot step % STAGES with the K and V tiles of each step's list entries, in list order."""
-    nw: gl.constexpr = gl.num_warps()
-    TPC: gl.constexpr = HEAD_DIM // 16  # threads along a K row: 16-byte vectors of int8
-    k_l: gl.constexpr = gl.BlockedLayout([1, 16], [32 // TPC, TPC], [nw, 1], [1, 0])
-    kr = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, k_l))
-    kc = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, k_l))
-    k_offs = kr[:, None] * HEAD_DIM + kc[None, :]
+def _loader(k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_k, n_kb, k_desc, v_desc, v_head_ptr,
+            stride_vn, BLOCK_N: gl.constexpr, KB: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+            V_TMA: gl.constexpr, V_CHUNK: gl.constexpr, STRIDE_ALIGN: gl.constexpr):
+    """Fill ring slot step % STAGES with the K and V tiles of each step's list entries, in list order: K (and V
+    when V_TMA) by TMA, whose out-of-bounds rows (past the head's blocks, past n_k) arrive as zeros."""
     stride_vn = stride_vn * STRIDE_ALIGN
     n_steps = (n_live + (KB - 1)) // KB
-    # Indices are read one step ahead: the copies' addresses then do not wait on a load issued in the same step.
-    # A second entry past the list reads as block n_kb: its copies are masked off (zeros).
+    # Indices are read one step ahead: the copies' coordinates then do not wait on a load issued in the same step.
+    # A second entry past the list reads as block n_kb: wholly out of bounds, it arrives as zeros.
     kb_a_next = gl.load(indices_row_ptr, mask=0 < n_live, other=0)
     kb_b_next = gl.load(indices_row_ptr + 1, mask=1 < n_live, other=n_kb)
     for step in range(0, n_steps):
@@ -265,33 +263,29 @@ def _loader(k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_k, n_kb, k_
         mbarrier.wait(empty.index(slot), ((step // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1 at once
         k_smem = k_bufs.index(slot)
         v_smem = v_bufs.index(slot)
+        bar = ready.index(slot)
+        # the bytes the slot's TMA copies deliver, zero-filled rows included
+        mbarrier.expect(bar, KB * BLOCK_N * HEAD_DIM * (3 if V_TMA else 1))
         if KB == 1:
-            async_copy.async_copy_global_to_shared(k_smem, k_head_ptr + kb_a * (BLOCK_N * HEAD_DIM) + k_offs)
+            tma.async_copy_global_to_shared(k_desc, [kb_a * BLOCK_N, 0], bar, k_smem)
+            if V_TMA:
+                tma.async_copy_global_to_shared(v_desc, [kb_a * BLOCK_N, 0], bar, v_smem)
         else:
-            async_copy.async_copy_global_to_shared(k_smem.slice(0, BLOCK_N),
-                                                   k_head_ptr + kb_a * (BLOCK_N * HEAD_DIM) + k_offs)
-            k_b_valid = (kb_b * BLOCK_N + kr < n_kb * BLOCK_N)[:, None] & (kc < HEAD_DIM)[None, :]
-            async_copy.async_copy_global_to_shared(k_smem.slice(BLOCK_N, BLOCK_N),
-                                                   k_head_ptr + kb_b * (BLOCK_N * HEAD_DIM) + k_offs,
-                                                   mask=k_b_valid)
-        if V_ASYNC:
-            _load_v_rows(v_smem.slice(0, BLOCK_N), v_head_ptr, kb_a, 0, n_k, stride_vn, BLOCK_N, BLOCK_N, HEAD_DIM,
-                         True)
-            if KB == 2:
-                _load_v_rows(v_smem.slice(BLOCK_N, BLOCK_N), v_head_ptr, kb_b, 0, n_k, stride_vn, BLOCK_N, BLOCK_N,
-                             HEAD_DIM, True)
-            async_copy.mbarrier_arrive(ready.index(slot), increment_count=False)
-        else:
-            async_copy.mbarrier_arrive(ready.index(slot), increment_count=False)  # K's copies
+            tma.async_copy_global_to_shared(k_desc, [kb_a * BLOCK_N, 0], bar, k_smem.slice(0, BLOCK_N))
+            tma.async_copy_global_to_shared(k_desc, [kb_b * BLOCK_N, 0], bar, k_smem.slice(BLOCK_N, BLOCK_N))
+            if V_TMA:
+                tma.async_copy_global_to_shared(v_desc, [kb_a * BLOCK_N, 0], bar, v_smem.slice(0, BLOCK_N))
+                tma.async_copy_global_to_shared(v_desc, [kb_b * BLOCK_N, 0], bar, v_smem.slice(BLOCK_N, BLOCK_N))
+        if not V_TMA:
             for chunk in gl.static_range(BLOCK_N // V_CHUNK):
-                _load_v_rows(v_smem.slice(chunk * V_CHUNK, V_CHUNK), v_head_ptr, kb_a, chunk * V_CHUNK, n_k,
-                             stride_vn, BLOCK_N, V_CHUNK, HEAD_DIM, False)
+                _store_v_rows(v_smem.slice(chunk * V_CHUNK, V_CHUNK), v_head_ptr, kb_a, chunk * V_CHUNK, n_k,
+                              stride_vn, BLOCK_N, V_CHUNK, HEAD_DIM)
             if KB == 2:
                 for chunk in gl.static_range(BLOCK_N // V_CHUNK):
-                    _load_v_rows(v_smem.slice(BLOCK_N + chunk * V_CHUNK, V_CHUNK), v_head_ptr, kb_b,
-                                 chunk * V_CHUNK, n_k, stride_vn, BLOCK_N, V_CHUNK, HEAD_DIM, False)
+                    _store_v_rows(v_smem.slice(BLOCK_N + chunk * V_CHUNK, V_CHUNK), v_head_ptr, kb_b,
+                                  chunk * V_CHUNK, n_k, stride_vn, BLOCK_N, V_CHUNK, HEAD_DIM)
             fence_async_shared()  # these st.shared before the consumers' wgmma reads (async proxy)
-            mbarrier.arrive(ready.index(slot))  # after a barrier of this partition: every thread's stores
+            mbarrier.arrive(bar)  # after a barrier of this partition: every thread's stores
 
 
 @gluon.jit(do_not_specialize=UNSPECIALIZED)
@@ -319,8 +313,8 @@ def attention_sm90_kernel(
     KB: gl.constexpr = KEY_BLOCKS_PER_STEP
     BN: gl.constexpr = KB * BLOCK_N
     BM_WG: gl.constexpr = BLOCK_M // _N_CONSUMERS
-    # cp.async moves 16 bytes a thread: fp16 V rows must start on 16 bytes (STRIDE_ALIGN 8); else the register path
-    V_ASYNC: gl.constexpr = (v_ptr.dtype.element_ty == gl.float16) and (STRIDE_ALIGN == 8)
+    # TMA reads fp16 V whose rows start on 16 bytes (STRIDE_ALIGN 8); other V takes the loader's register path
+    V_TMA: gl.constexpr = (v_ptr.dtype.element_ty == gl.float16) and (STRIDE_ALIGN == 8)
 
     stride_vb, stride_vh, _ = _aligned(stride_vb, stride_vh, stride_vn, STRIDE_ALIGN)
     stride_ob, stride_oh, stride_on_el = _aligned(stride_ob, stride_oh, stride_on, STRIDE_ALIGN)
@@ -362,15 +356,25 @@ def attention_sm90_kernel(
     q_tile_ptr = q_int8_ptr + q_block * (BLOCK_M * HEAD_DIM) + qm[:, None] * HEAD_DIM + qd[None, :]
     q0_smem = gl.allocate_shared_memory(gl.int8, [BM_WG, HEAD_DIM], q_sl, gl.load(q_tile_ptr))
 
-    k_bufs = gl.allocate_shared_memory(gl.int8, [_STAGES, BN, HEAD_DIM],
-                                       gl.NVMMASharedLayout.get_default_for([BN, HEAD_DIM], gl.int8))
-    v_bufs = gl.allocate_shared_memory(gl.float16, [_STAGES, BN, HEAD_DIM],
-                                       gl.NVMMASharedLayout.get_default_for([BN, HEAD_DIM], gl.float16))
+    # One layout per operand for the ring and for its TMA box (a slot holds KB boxes of BLOCK_N rows).
+    k_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], gl.int8)
+    v_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], gl.float16)
+    k_bufs = gl.allocate_shared_memory(gl.int8, [_STAGES, BN, HEAD_DIM], k_sl)
+    v_bufs = gl.allocate_shared_memory(gl.float16, [_STAGES, BN, HEAD_DIM], v_sl)
+    # Descriptors built here, in the global scratch the launch passes (DESCRIPTOR_SCRATCH_BYTES a program): the
+    # head's K blocks (rows past its last block read as zeros) and its V rows up to the valid keys (zeros past).
+    k_desc = tma.make_tensor_descriptor(k_head_ptr, [n_kb * BLOCK_N, HEAD_DIM], [HEAD_DIM, 1], [BLOCK_N, HEAD_DIM],
+                                        k_sl)
+    if V_TMA:
+        v_desc = tma.make_tensor_descriptor(v_head_ptr, [n_valid, HEAD_DIM], [stride_vn * STRIDE_ALIGN, 1],
+                                            [BLOCK_N, HEAD_DIM], v_sl)
+    else:
+        v_desc = k_desc  # unused: V goes through registers
     ready = gl.allocate_shared_memory(gl.int64, [_STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [_STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(_STAGES):
-        # every loader thread's cp.async arrive, plus one plain arrive when V went through registers
-        mbarrier.init(ready.index(s), count=32 * _LOADER_WARPS + (0 if V_ASYNC else 1))
+        # the loader's expect (with the TMA bytes), plus one plain arrive when V went through registers
+        mbarrier.init(ready.index(s), count=1 if V_TMA else 2)
         mbarrier.init(empty.index(s), count=_N_CONSUMERS)
 
     if _N_CONSUMERS == 2:
@@ -385,8 +389,8 @@ def attention_sm90_kernel(
                          n_full, qb * BLOCK_M + BM_WG, n_q, n_valid, n_kb, out_tile_ptr + BM_WG * stride_on_el,
                          stride_on, lse_row_ptr, shift_row_ptr, BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, IS_CAUSAL,
                          RETURN_LSE, SHIFT_LSE, STRIDE_ALIGN)),
-            (_loader, (k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_valid, n_kb, k_head_ptr, v_head_ptr,
-                       stride_vn, BLOCK_N, KB, HEAD_DIM, _STAGES, V_ASYNC, _V_CHUNK, STRIDE_ALIGN)),
+            (_loader, (k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_valid, n_kb, k_desc, v_desc,
+                       v_head_ptr, stride_vn, BLOCK_N, KB, HEAD_DIM, _STAGES, V_TMA, _V_CHUNK, STRIDE_ALIGN)),
         ], [4, _LOADER_WARPS], [_CONSUMER_REGS, _LOADER_REGS])
     else:
         fence_async_shared()
@@ -394,6 +398,6 @@ def attention_sm90_kernel(
             (_consumer, (q0_smem, k_bufs, v_bufs, ready, empty, indices_row_ptr, k_scale_head_ptr, q_scale, n_live,
                          n_full, qb * BLOCK_M, n_q, n_valid, n_kb, out_tile_ptr, stride_on, lse_row_ptr, shift_row_ptr,
                          BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, IS_CAUSAL, RETURN_LSE, SHIFT_LSE, STRIDE_ALIGN)),
-            (_loader, (k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_valid, n_kb, k_head_ptr, v_head_ptr,
-                       stride_vn, BLOCK_N, KB, HEAD_DIM, _STAGES, V_ASYNC, _V_CHUNK, STRIDE_ALIGN)),
+            (_loader, (k_bufs, v_bufs, ready, empty, indices_row_ptr, n_live, n_valid, n_kb, k_desc, v_desc,
+                       v_head_ptr, stride_vn, BLOCK_N, KB, HEAD_DIM, _STAGES, V_TMA, _V_CHUNK, STRIDE_ALIGN)),
         ], [_LOADER_WARPS], [_LOADER_REGS])

@@ -370,8 +370,14 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         ("q_int8", "q_scale", "q_row_shift", "k_int8", "k_scale", "v_fp8", "v_scale", "v_fp16"),
         cfg.quantize.num_warps, cfg.quantize.num_stages)
 
+    attention_kernel_fn = ATTENTION_KERNELS[attention_cfg.kernel][0]
+    attention_programs = batch * heads_q * n_qb
+    descriptor_scratch = None
+    if attention_kernel_fn is kernel_sm90.attention_sm90_kernel:  # it builds its TMA descriptors in global scratch
+        descriptor_scratch = "descriptor_scratch"
+        buffers[descriptor_scratch] = Buffer((attention_programs * kernel_sm90.DESCRIPTOR_SCRATCH_BYTES,), "uint8")
     attention = Launch(
-        "attention", ATTENTION_KERNELS[attention_cfg.kernel][0], (batch * heads_q * n_qb,),
+        "attention", attention_kernel_fn, (attention_programs,),
         dict(q_int8_ptr=Ref("q_int8"), q_scale_ptr=Ref("q_scale"), k_int8_ptr=Ref("k_int8"),
              k_scale_ptr=Ref("k_scale"), v_ptr=Ref("v_fp16" if v_to_fp16 else "v"), v_fp8_ptr=Ref("v_fp8"),
              v_scale_ptr=Ref("v_scale"),
@@ -382,5 +388,5 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
              out_ptr=Ref("out"), lse_ptr=Ref("lse"),
              **blocks, IS_CAUSAL=is_causal, RETURN_LSE=return_lse, SHIFT_LSE=shift_lse,
              KEY_BLOCKS_PER_STEP=attention_cfg.key_blocks_per_step, **dims, **fp8),
-        ("out", "lse"), attention_cfg.num_warps, attention_cfg.num_stages, attention_cfg.maxnreg)
+        ("out", "lse"), attention_cfg.num_warps, attention_cfg.num_stages, attention_cfg.maxnreg, descriptor_scratch)
     return Plan(buffers, (sums_and_lists, quantize, attention), OUTPUTS)

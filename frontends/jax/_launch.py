@@ -23,7 +23,7 @@ import jax.extend as jex
 import jax.numpy as jnp
 from jax.interpreters import mlir
 
-from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, contiguous_strides
+from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, contiguous_strides, global_scratch_bytes
 
 from . import _gluon
 
@@ -91,15 +91,19 @@ def triton_calls(plan, env: dict, capability) -> dict:
     jax_triton = _import_jax_triton()
     env = dict(env)
     for step in plan.launches:
-        out_shape = [jax.ShapeDtypeStruct(plan.buffers[n].shape, jnp.dtype(plan.buffers[n].dtype))
-                     for n in step.outputs]
+        # the global scratch, when the launch takes one, is the last array: the slot of Triton's hidden parameter
+        written = (*step.outputs, *((step.global_scratch,) if step.global_scratch else ()))
+        out_shape = [jax.ShapeDtypeStruct(plan.buffers[n].shape, jnp.dtype(plan.buffers[n].dtype)) for n in written]
         extra = {}
         if hasattr(step.kernel, "is_gluon") and step.kernel.is_gluon():
             _gluon.install(jax_triton)
             if step.maxnreg is not None:
                 extra[_gluon.MAXNREG_PARAM] = step.maxnreg
-        elif step.maxnreg is not None:
-            raise ValueError(f"launch {step.name!r}: maxnreg reaches jax-triton only for Gluon kernels")
+            if step.global_scratch is not None:
+                extra[_gluon.GLOBAL_SCRATCH_PARAM] = global_scratch_bytes(plan, step)
+        elif step.maxnreg is not None or step.global_scratch is not None:
+            raise ValueError(f"launch {step.name!r}: maxnreg and global scratch reach jax-triton only for Gluon "
+                             "kernels")
         # indices among the array arguments, which jax-triton numbers in step.inputs order
         aliases = {step.inputs.index(plan.aliases[o]): j for j, o in enumerate(step.outputs) if o in plan.aliases}
         outputs = jax_triton.triton_call(
@@ -109,7 +113,7 @@ def triton_calls(plan, env: dict, capability) -> dict:
             num_warps=step.num_warps, num_stages=step.num_stages,
             compute_capability=capability[0] * 10 + capability[1], **step.constexprs, **extra,
         )
-        env.update(zip(step.outputs, outputs))
+        env.update(zip(step.outputs, outputs[:len(step.outputs)]))
     return env
 
 

@@ -26,8 +26,9 @@ import operator
 
 import torch
 from triton import knobs
+from triton.runtime import _allocation
 
-from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc
+from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, global_scratch_bytes
 
 DTYPES = {
     "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
@@ -81,8 +82,23 @@ def allocate(plan, arrays: dict, device) -> dict:
 
 def launch(step, env: dict):
     """One launch of a plan through Triton's own launcher; returns the compiled kernel (None in the
-    interpreter)."""
-    return step.kernel[step.grid](*_positional(step, env), **step.options, **step.constexprs)
+    interpreter). A launch with global scratch gets its plan buffer from Triton's allocator hook (a context
+    variable, set for this launch only)."""
+    if step.global_scratch is None:
+        return step.kernel[step.grid](*_positional(step, env), **step.options, **step.constexprs)
+    scratch = env[step.global_scratch]
+
+    def allocator(size, alignment, stream):
+        if size > scratch.numel() or scratch.data_ptr() % alignment:
+            raise ValueError(f"launch {step.name!r}: its kernel asks for {size} bytes of global scratch aligned "
+                             f"to {alignment}; the plan's {step.global_scratch!r} holds {scratch.numel()}")
+        return scratch
+
+    token = _allocation._allocator.set(allocator)
+    try:
+        return step.kernel[step.grid](*_positional(step, env), **step.options, **step.constexprs)
+    finally:
+        _allocation._allocator.reset(token)
 
 
 def _positional(step, env):
@@ -127,7 +143,9 @@ class _CompiledPlan:
         self.n_slots = len(self.slot_of)  # the per-call values; the constants follow them
         self.slot_of.update((alias, self.slot_of[source]) for alias, source in plan.aliases.items())
         self.constants = []
-        self.kernels = None  # per launch: (launcher, grid x, y, z, function, packed metadata, argument getter)
+        # per launch: (launch function, grid x, y, z, function, cooperative, pdl, global-scratch slot or None,
+        # packed metadata, argument getter)
+        self.kernels = None
 
     def first_call(self, arrays: dict):
         """Launch through Triton's launcher (which compiles), keeping each launch's compiled kernel."""
@@ -143,10 +161,28 @@ class _CompiledPlan:
             indices = [*(self.slot_of[n] for n in step.inputs), *constants(step.scalars),
                        *(self.slot_of[n] for n in step.outputs), *constants(list(step.constexprs.values()))]
             grid = tuple(step.grid) + (1,) * (3 - len(step.grid))
-            kernels.append((compiled.run, *grid, compiled.function, compiled.packed_metadata,
+            launcher = compiled.run
+            kernels.append((launcher.launch, *grid, compiled.function, launcher.launch_cooperative_grid,
+                            launcher.launch_pdl, self._scratch_slot(step, compiled), compiled.packed_metadata,
                             operator.itemgetter(*indices)))
         self.kernels = kernels
         return outputs
+
+    def _scratch_slot(self, step, compiled):
+        """The value slot of the buffer passed as the launch's global scratch (None: it takes none). The direct
+        launch passes it in the place Triton's launcher would fill from its allocator."""
+        md = compiled.metadata
+        if md.profile_scratch_size:
+            raise ValueError(f"launch {step.name!r}: its kernel asks for profiler scratch, which plans never hold")
+        if step.global_scratch is None:
+            if md.global_scratch_size:
+                raise ValueError(f"launch {step.name!r}: its kernel asks for {md.global_scratch_size} bytes of "
+                                 "global scratch a program, and its plan gives none")
+            return None
+        if md.global_scratch_size > global_scratch_bytes(self.plan, step):
+            raise ValueError(f"launch {step.name!r}: its kernel asks for {md.global_scratch_size} bytes of global "
+                             f"scratch a program, the plan gives {global_scratch_bytes(self.plan, step)}")
+        return self.slot_of[step.global_scratch]
 
     def _allocate(self, arrays):
         """The first call's buffers as tensors (views of the workspace), for Triton's launcher."""
@@ -181,8 +217,9 @@ class _CompiledPlan:
 
     def _launch(self, values):
         stream = torch._C._cuda_getCurrentRawStream(self.device_index)
-        for run_kernel, g0, g1, g2, function, metadata, arguments in self.kernels:
-            run_kernel(g0, g1, g2, stream, function, metadata, None, None, None, *arguments(values))
+        for launch_fn, g0, g1, g2, function, cooperative, pdl, scratch, metadata, arguments in self.kernels:
+            launch_fn(g0, g1, g2, stream, function, cooperative, pdl, None if scratch is None else values[scratch],
+                      None, metadata, None, None, None, *arguments(values))
 
 
 def _numel(shape):

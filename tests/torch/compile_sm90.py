@@ -6,7 +6,8 @@ attention_override={"kernel": "gluon_sm90", ...}) from ArrayDescs -- the refused
 the Gluon kernel with dataclasses.replace (Launch re-checks every parameter name and order), so that the kernel's
 own static_asserts are what refuse them --, then triton.compile(GluonASTSource) with the launch's argument types and
 constexprs (ptxas runs too: Triton ships it). Prints one JSON line per case: what the PTX holds (wgmma kinds,
-setmaxnreg values, mbarrier / cp.async counts), registers, spills, shared memory, warps; or the error. Also one
+setmaxnreg values, mbarrier / TMA / descriptor counts, global scratch), registers, spills, shared memory, warps; or
+the error. Also one
 line per refused variant (PV_FP8, padded head dim): the error it must raise.
 """
 import dataclasses
@@ -100,8 +101,10 @@ def evidence(compiled):
         "setmaxnreg": sorted({int(r) for r in re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx)}),
         "mbarrier": len(re.findall(r"\bmbarrier\.", ptx)),
         "cp_async": len(re.findall(r"\bcp\.async\.(?:ca|cg)\.shared", ptx)),
-        "cp_async_16B": len(re.findall(r"\bcp\.async\.cg\.shared\.global\s+\[[^]]+\],\s*\[[^]]+\],\s*0x10", ptx)),
-        "cp_async_mbarrier_arrive": len(re.findall(r"cp\.async\.mbarrier\.arrive", ptx)),
+        "tma_loads": len(re.findall(r"\bcp\.async\.bulk\.tensor\.2d\.shared::cluster\.global", ptx)),
+        "tensormap_replace": len(re.findall(r"\btensormap\.replace\.tile\.global_address", ptx)),
+        "mbarrier_expect_tx": len(re.findall(r"\bmbarrier\.arrive\.expect_tx", ptx)),
+        "global_scratch_size": md.global_scratch_size,
         "reqntid": int(m.group(1)) if (m := re.search(r"\.reqntid\s+(\d+)", ptx)) else None,
         "num_warps": md.num_warps, "shared": md.shared,
         "n_regs": getattr(compiled, "n_regs", None), "n_spills": getattr(compiled, "n_spills", None),
