@@ -136,7 +136,17 @@ def _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, s
         if IS_CAUSAL:
             visible = visible & (k_rows[None, :] <= q_rows[:, None] + (n_k - n_q))
         s = gl.where(visible, s, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
+    else:
+        # The row max from the int32 scores, scaled after: a scale is >= 0 and rounding is monotonic, so this is
+        # the max of the scaled scores bit for bit, and s is left with one use (p's FFMA): no FMUL an element.
+        if KB == 1:
+            m_blk = gl.max(qk, axis=1).to(gl.float32) * (q_scale * scale_a)
+        else:
+            in_a = (cols < BLOCK_N)[None, :]
+            m_blk = gl.maximum(gl.max(gl.where(in_a, qk, -2147483648), axis=1).to(gl.float32) * (q_scale * scale_a),
+                               gl.max(gl.where(in_a, -2147483648, qk), axis=1).to(gl.float32) * (q_scale * scale_b))
+        m_new = gl.maximum(m_i, m_blk)
     if MASKED:
         m_new_safe = gl.where(m_new == float("-inf"), 0.0, m_new)  # nothing visible yet: no -inf - -inf
     else:
