@@ -36,6 +36,7 @@ registers of a 64-row warpgroup's fp32 accumulator plus scores), block sizes oth
 a launch with num_warps != NUM_WARPS. FP8_SOFTWARE_ROUNDING only matters with PV_FP8 and is ignored.
 """
 from triton.experimental import gluon
+from triton.language import PropagateNan as _PropagateNan
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
@@ -53,6 +54,10 @@ RING_STAGES = 3  # hd128, two key blocks a step: 3 * (16 KB K + 32 KB V) + 16 KB
 LOADER_REGS = 40
 CONSUMER_REGS = 232  # the worker consumer; the default partition gets the rest: 504 - 232 - 40 = 232
 MAXNREG = 168 if CONSUMER_WARPGROUPS == 2 else 240  # 65536 registers / (32 * all warps), a multiple of 8
+# a quarter of an unmasked step's exp2 (every 4th group of 8 columns) through _exp2_poly; its cubic's coefficients
+EXP2_POLY_EVERY = 4
+EXP2_C0, EXP2_C1, EXP2_C2, EXP2_C3 = (gl.constexpr(c) for c in (0.9999281167984009, 0.6932609677314758,
+                                                                0.24261054396629333, 0.05517132207751274))
 V_CHUNK_ROWS = 16  # register path: rows of V per load/convert/store (8 registers a loader thread; 32 spill)
 DESCRIPTOR_SCRATCH_BYTES = 2 * 128  # global scratch a program: its K and V TMA descriptors, 128 bytes each
 
@@ -64,6 +69,8 @@ _LOADER_REGS = gl.constexpr(LOADER_REGS)
 _CONSUMER_REGS = gl.constexpr(CONSUMER_REGS)
 _V_CHUNK = gl.constexpr(V_CHUNK_ROWS)
 _NUM_WARPS = gl.constexpr(NUM_WARPS)
+_EXP2_POLY_EVERY = gl.constexpr(EXP2_POLY_EVERY)
+_NAN_PROPAGATES = gl.constexpr(_PropagateNan.ALL)
 
 
 
@@ -92,6 +99,19 @@ def _step_blocks(indices_row_ptr, k_scale_head_ptr, step, n_live, n_kb, BLOCK_N:
         kb_b = kb_a
         scale_b = scale_a
     return kb_a, kb_b, scale_a, scale_b
+
+
+@gluon.jit
+def _exp2_poly(x):
+    """2**x for finite x <= 0 on the FMA units: 2**round(x) into the exponent bits of a cubic minimax fit of 2**f,
+    f = x - round(x) in [-0.5, 0.5] (relative error 7.5e-5, below half an fp16 ulp of P). x is clamped at -125
+    (2**-125 in place of a value below it: nothing next to the row's 1); NaN stays NaN."""
+    x = gl.maximum(x, -125.0, propagate_nan=_NAN_PROPAGATES)
+    shifted = x + 12582912.0  # 1.5 * 2**23: round(x) lands in the low mantissa bits
+    f = x - (shifted - 12582912.0)
+    poly = gl.fma(gl.fma(gl.fma(f, EXP2_C3, EXP2_C2), f, EXP2_C1), f, EXP2_C0)
+    bits = poly.to(gl.int32, bitcast=True) + (shifted.to(gl.int32, bitcast=True) << 23)
+    return bits.to(gl.float32, bitcast=True)
 
 
 @gluon.jit
@@ -152,7 +172,14 @@ def _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, s
     else:
         m_new_safe = m_new
     alpha = gl.exp2(m_i - m_new_safe)
-    p = gl.exp2(s - m_new_safe[:, None])
+    if MASKED:
+        p = gl.exp2(s - m_new_safe[:, None])
+    else:
+        # a share of the scores' exp2 on the FMA units (_exp2_poly), the rest on the MUFU, which both warpgroups'
+        # softmaxes otherwise queue on; the columns are fixed per register, so each element computes one of the two
+        x = s - m_new[:, None]
+        by_poly = ((cols // 8) % _EXP2_POLY_EVERY == _EXP2_POLY_EVERY - 1)[None, :]
+        p = gl.where(by_poly, _exp2_poly(x), gl.exp2(x))
     l_i = l_i * alpha + gl.sum(p, axis=1)
     p16 = gl.convert_layout(p.to(gl.float16), p_l)
     if not FIRST:
