@@ -200,7 +200,7 @@ def targets(records):
     out.append(_speed_verdict("JAX P6", "B=8 N=2048 causal hd128, NHD: >= 1.0x jax.nn.dot_product_attention(cudnn)",
                               records, keys, OURS_JAX_NHD, JAX_CUDNN, lambda k: P6_GOAL if is_short(k) else None))
 
-    mem = Verdict("Memory", "extra device memory per call <= int8 q, k + scales + block lists (+ fp16 V for bf16)",
+    mem = Verdict("Memory", "extra device memory per call <= int8 q, k + scales + block lists (+ fp16 V for bf16, TMA descriptors)",
                   lambda v: f"{v:.3f}x the bound")
     for key in keys:
         r = records.get((key, OURS))

@@ -17,6 +17,6 @@ from .launch import ArrayDesc, Buffer, Launch, Plan, Ref, contiguous_strides, gl
 INTERPRETED = isinstance(attention.plan.attention_kernel, InterpretedFunction)
 
 __all__ = [
-    "ArrayDesc", "Buffer", "Launch", "Plan", "Ref", "contiguous_strides", "global_scratch_bytes", "attention", "kv_cache", "predict", "configs",
-    "contract", "INTERPRETED",
+    "ArrayDesc", "Buffer", "Launch", "Plan", "Ref", "contiguous_strides", "global_scratch_bytes", "attention",
+    "kv_cache", "predict", "configs", "contract", "INTERPRETED",
 ]

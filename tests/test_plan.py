@@ -138,6 +138,27 @@ def test_an_override_naming_a_kernel_that_refuses_the_call_says_why():
                   attention_override={"kernel": "gluon_sm90"})
 
 
+def test_global_scratch_is_a_plan_buffer_split_over_the_grid():
+    from sparse_sageattn.core_kernels import Buffer, Plan, global_scratch_bytes
+    from sparse_sageattn.core_kernels.attention import kernel_sm90
+
+    d = desc((2, 4, 300, 128))
+    gluon = make_plan(d, d, d, capability=(9, 0))
+    step = gluon.launches[-1]
+    assert step.kernel is kernel_sm90.attention_sm90_kernel and step.global_scratch == "descriptor_scratch"
+    assert gluon.buffers["descriptor_scratch"] == Buffer((2 * 4 * 3 * kernel_sm90.DESCRIPTOR_SCRATCH_BYTES,), "uint8")
+    assert global_scratch_bytes(gluon, step) == kernel_sm90.DESCRIPTOR_SCRATCH_BYTES
+    triton_plan = make_plan(d, d, d, capability=(8, 0))  # the plain kernel builds no descriptors
+    assert triton_plan.launches[-1].global_scratch is None and "descriptor_scratch" not in triton_plan.buffers
+    with pytest.raises(TypeError, match=r"global scratch 'x' is also an argument"):
+        Launch("probe", _probe_kernel, (1,), dict(x_ptr=Ref("x"), n=7, y_ptr=Ref("y"), BLOCK=16), ("y",), 4, 1,
+               global_scratch="x")
+    uneven = Launch("probe", _probe_kernel, (3,), dict(x_ptr=Ref("x"), n=7, y_ptr=Ref("y"), BLOCK=16), ("y",), 4, 1,
+                    global_scratch="s")
+    with pytest.raises(ValueError, match=r"a whole number per program"):
+        global_scratch_bytes(Plan({"s": Buffer((256,), "uint8")}, (uneven,), ()), uneven)
+
+
 def test_gluon_launch_config_matches_the_kernel_structure():
     from sparse_sageattn.core_kernels.attention import kernel_sm90
 
@@ -200,8 +221,25 @@ def test_cache_attention_takes_its_own_split_kv_entry(v_format):
         split = plan.launches[0]
         assert split.constexprs["K_INT8"] and split.constexprs["V_E4M3"] == (v_format == "e4m3")
         assert split.constexprs["BLOCK_ROWS"] == block_rows
-        assert (split.num_warps, split.num_stages) == (expected.warps(block_rows), expected.num_stages)
+        assert (split.num_warps, split.num_stages) == (expected.warps(block_rows, split.grid[0], 132),
+                                                       expected.num_stages)
         assert split.args["v_exp_ptr"] == Ref("v_exp" if v_format == "e4m3" else "q")
+
+
+@pytest.mark.parametrize("v_format", kv_cache.V_FORMATS)
+def test_cache_attention_narrows_a_16_row_grid_that_then_fits_one_wave(v_format):
+    """2 warps a program for a 16-row tile when the grid then fits one wave (4 programs an SM), else 4."""
+    def split_warps(batch, n_k, num_sms=132, override=None):
+        cache = {n: desc(b.shape, b.dtype)
+                 for n, b in kv_cache.cache_buffers(batch, 8, n_k, 128, "bfloat16", v_format).items()}
+        plan = kv_cache.make_attend_plan(desc((batch, 32, 1, 128), "bfloat16"), cache, None, True, "HND",
+                                         capability=(9, 0), num_sms=num_sms, split_kv_override=override)
+        return plan.launches[0].num_warps, plan.launches[0].grid[0]
+
+    assert split_warps(1, 131072) == (2, 512)  # 8 programs x 64 splits <= 4 x 132
+    assert split_warps(8, 32768) == (4, 1088)  # 64 programs x 17 splits: several waves either way
+    assert split_warps(1, 131072, num_sms=100) == (4, 512)  # 512 > 4 x 100
+    assert split_warps(1, 131072, override={"num_warps": 4}) == (4, 512)  # an override's count is the launch's
 
 
 def test_split_count_follows_the_sms_and_the_key_blocks():

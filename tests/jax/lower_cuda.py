@@ -87,7 +87,12 @@ def lower(case):
                   setmaxnreg=sorted(set(re.findall(r"setmaxnreg\.(?:inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx))),
                   wgmma=sorted(set(re.findall(r"wgmma\.mma_async\.sync\.aligned\.\w+\.(\w+\.\w+\.\w+)", ptx))))
              for warps, maxnreg, ptx in _gluon.COMPILED.values()]
+    # the Gluon kernel's descriptor scratch: the last result of its call, after the kernel's own outputs
+    scratch = plan.buffers[attention.global_scratch].shape[0] if attention.global_scratch else None
+    calls = [line for line in text.splitlines() if "@triton_kernel_call" in line]
+    last_results = [re.findall(r"tensor<([0-9x]+)x(\w+)>", line.rsplit("->", 1)[-1])[-1] for line in calls]
     return {"ops": sorted(set(re.findall(r"stablehlo\.[a-z_]+", text))),
+            "scratch": scratch, "last_results": last_results,
             "triton_calls": text.count("@triton_kernel_call("), "launches": [step.name for step in plan.launches],
             "attention_kernel": attention.kernel.__name__, "attention_maxnreg": attention.maxnreg, "gluon": gluon}
 

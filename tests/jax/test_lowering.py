@@ -78,5 +78,7 @@ def test_gluon_kernel_lowers_through_the_adapter_with_its_launched_warps(lowered
         assert compiled["warps"] == 12 and compiled["maxnreg"] == 168 and compiled["reqntid"] == ["384"], case
         assert {"40", "232"} <= set(compiled["setmaxnreg"]), case
         assert compiled["wgmma"] == sorted({"s32.s8.s8", "f32.f16.f16"}), case
+        # its descriptor scratch travels as the call's last result, where Triton's hidden parameter sits
+        assert case["scratch"] and [str(case["scratch"]), "ui8"] in [list(r) for r in case["last_results"]], case
     _, _, cases_80, _ = lowered["80"]
     assert not any(c.get("attention_kernel") == "attention_sm90_kernel" for c in cases_80)
