@@ -56,7 +56,8 @@ CASES = {
 }
 SMALL_CASES = ("small-ragged-fp16", "small-ragged-bf16")
 # (name, attention_override): the first is the reference the others are diffed against -- the plain Triton kernel
-# with two key blocks a step sums in the Gluon kernel's order, so the two agree bitwise where both are right
+# with two key blocks a step sums in the Gluon kernel's order, so the two differ only where the Gluon kernel's exp2
+# runs as a cubic (about one ulp of out)
 VARIANTS = (
     ("triton-kb2", dict(kernel="triton", num_warps=8, num_stages=3, key_blocks_per_step=2)),
     ("triton-kb1", dict(kernel="triton", num_warps=4, num_stages=3, key_blocks_per_step=1)),

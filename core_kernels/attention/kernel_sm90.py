@@ -1,7 +1,8 @@
 """Warp-specialized Gluon variant of kernel.py's `attention_kernel` for Hopper (sm_90): same contract, same
 parameters (names, order, constexprs), same grid (one program per (batch*head, query block), last query blocks
 first), same numerics (INT8 Q.K^T with int32 accumulation scaled by q_scale * k_scale in the log2 domain, exp2
-online softmax, fp16 P.V with fp32 accumulation; rows that see nothing -> zeros and lse = -inf).
+online softmax, fp16 P.V with fp32 accumulation; rows that see nothing -> zeros and lse = -inf), but for a quarter
+of an unmasked step's exp2, which runs as a cubic on the FMA units (_exp2_poly: relative error 7.5e-5).
 
 Structure (FA3's shape; TMA without host descriptors, so the JAX launch feeds it as the torch one does):
   - the program builds its TMA descriptors itself (tma.make_tensor_descriptor) in the global scratch its launch
@@ -36,11 +37,11 @@ registers of a 64-row warpgroup's fp32 accumulator plus scores), block sizes oth
 a launch with num_warps != NUM_WARPS. FP8_SOFTWARE_ROUNDING only matters with PV_FP8 and is ignored.
 """
 from triton.experimental import gluon
-from triton.language import PropagateNan as _PropagateNan
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
+from triton.language import PropagateNan as _PropagateNan
 
 from .. import contract
 from ..alignment import _aligned  # a @triton.jit helper: Gluon calls it like its own
@@ -121,8 +122,9 @@ def _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, s
                   FIRST: gl.constexpr):
     """Q.K^T and the softmax of `step`, overlapped with the P.V of the step before (p_prev, in the previous ring
     slot): the scores' wgmma is issued first, then the previous P.V, and waiting for one outstanding group
-    returns the scores while P.V still runs. The arithmetic is kernel.py's _attend_tile's, in its order: the
-    previous P.V lands in acc before acc is rescaled by this step's alpha. FIRST: step 0, with no P.V before it.
+    returns the scores while P.V still runs. The arithmetic is kernel.py's _attend_tile's, in its order (the
+    previous P.V lands in acc before acc is rescaled by this step's alpha), but for the unmasked steps' exp2 of
+    every 4th group of 8 columns (_exp2_poly). FIRST: step 0, with no P.V before it.
     Returns this step's fp16 P, whose P.V the next step (or the caller, after the last) issues."""
     nw: gl.constexpr = gl.num_warps()
     s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1], instr_shape=[16, BN, 32])
