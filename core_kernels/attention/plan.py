@@ -297,10 +297,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
             raise ValueError("sparse_sageattn: the split-KV kernel (split_kv_override, INT8 caches) takes fp16 "
                              f"P.V and at most {BLOCK_M} queries")
         base_cfg = cfg.split_kv_e4m3 if v_e4m3 else cfg.split_kv_int8 if k_int8 else cfg.split_kv
-        fields = {f: v for f, v in (split_kv_override or {}).items() if f != "splits"}
-        if "num_warps" in fields:  # an override's warp count is the launch's, for every tile height
-            fields.setdefault("narrow_num_warps", None)
-        split_cfg = replace(base_cfg, **fields)
+        split_cfg = replace(base_cfg, **{f: v for f, v in (split_kv_override or {}).items() if f != "splits"})
         # Heads share a tile when they share a block list, as many of the kv group as fit 128 rows.
         heads_per_program = max((g for g in range(1, min(kv_group, 16) + 1)
                                  if kv_group % g == 0 and g * n_q <= BLOCK_M), default=1) if list_h == 1 else 1
@@ -333,8 +330,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
                  ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SMOOTH_K=smooth_k, IS_CAUSAL=is_causal,
                  RETURN_LSE=return_lse, SHIFT_LSE=shift_lse, **dims, K_INT8=k_int8, V_E4M3=v_e4m3,
                  DENSE_LIST=list_programs == 0),
-            ("out", "lse", "partial_out", "partial_lse"), split_cfg.warps(block_rows, programs * splits, sms),
-            split_cfg.num_stages)
+            ("out", "lse", "partial_out", "partial_lse"), split_cfg.warps(block_rows), split_cfg.num_stages)
         prepare = (sums_and_lists,) if chunk_programs + list_programs else ()  # an INT8 cache, no mask: nothing
         if splits == 1:
             return _plan({**shared, **split_buffers}, (*prepare, split_kv))
