@@ -49,13 +49,14 @@ def run_config(n, head_dim, mask_kind, variants, trees, batch, heads, device, ti
     mask = torch.rand(n_qb, n_kb, generator=gen, device=device) < 0.5 if mask_kind == "half" else None
     causal = mask_kind == "causal"
     capability = torch.cuda.get_device_capability(device) if device == "cuda" else None
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device == "cuda" else None
     descs = [_launch.describe(q), _launch.describe(k), _launch.describe(v),
              None if mask is None else _launch.describe(mask)]
     plans = []
     for over in variants:
         make_plan = attention_make_plan(trees[over.get("tree", "current")])
         plans.append(make_plan(*descs, causal, "HND", None, True, False, capability,
-                               pv_dtype=over.get("pv_dtype", "fp16"),
+                               pv_dtype=over.get("pv_dtype", "fp16"), num_sms=num_sms,
                                attention_override={f: x for f, x in over.items() if f not in PLAN_FIELDS}))
     variant_arrays = []  # each variant's buffers, filled by its own plan's launches (pv_dtype changes them)
     for plan in plans:

@@ -732,7 +732,9 @@ class Bench:
         q, k, v = sets[0]
         plan = attention.make_plan(_launch.describe(q), _launch.describe(k), _launch.describe(v),
                                    None if mask is None else _launch.describe(mask), c.causal, "HND", None, True,
-                                   False, capability)
+                                   False, capability,
+                                   num_sms=torch.cuda.get_device_properties(0).multi_processor_count if self.cuda
+                                   else None)  # the frontends' grid
 
         def nbytes(buf):
             return math.prod(buf.shape) * ITEMSIZE[buf.dtype]

@@ -8,7 +8,9 @@ with two or one, its warps and maxnreg from the launch table's variant defaults)
 variant: max |diff| of out and lse against the first variant, -inf lse positions
 equal, NaN-free, cosine / relative L1 of out and max |diff| of lse against the float64 reference on sampled rows,
 run-to-run bitwise determinism (two launches), and the kernel alone timed with do_bench (median; TOPS over the
-computed blocks, 4*D ops per visible-block pair). A short table comes last; JSON goes to $OUT/sm90_check.json.
+computed blocks, 4*D ops per visible-block pair). The Gluon kernel also runs on a 3-program persistent grid (each
+program walks many tiles), which must give the bits of its full grid. A short table comes last; JSON goes to
+$OUT/sm90_check.json.
 
 Every case runs in its own child process with a timeout: a barrier bug in a warp-specialized kernel hangs rather
 than fails, and must cost that case only.
@@ -58,11 +60,14 @@ SMALL_CASES = ("small-ragged-fp16", "small-ragged-bf16")
 # (name, attention_override): the first is the reference the others are diffed against -- the plain Triton kernel
 # with two key blocks a step sums in the Gluon kernel's order, so the two differ only where the Gluon kernel's exp2
 # runs as a cubic (about one ulp of out)
+# and the SMs planned for (None: the device's; the Gluon kernel's persistent grid has that many programs, so 3
+# makes each program walk many tiles, empty ones included, even in the small cases: checked, not timed)
 VARIANTS = (
-    ("triton-kb2", dict(kernel="triton", num_warps=8, num_stages=3, key_blocks_per_step=2)),
-    ("triton-kb1", dict(kernel="triton", num_warps=4, num_stages=3, key_blocks_per_step=1)),
-    ("gluon-kb2", dict(kernel="gluon_sm90", key_blocks_per_step=2)),
-    ("gluon-kb1", dict(kernel="gluon_sm90", key_blocks_per_step=1)),
+    ("triton-kb2", dict(kernel="triton", num_warps=8, num_stages=3, key_blocks_per_step=2), None),
+    ("triton-kb1", dict(kernel="triton", num_warps=4, num_stages=3, key_blocks_per_step=1), None),
+    ("gluon-kb2", dict(kernel="gluon_sm90", key_blocks_per_step=2), None),
+    ("gluon-kb1", dict(kernel="gluon_sm90", key_blocks_per_step=1), None),
+    ("gluon-kb2-3-programs", dict(kernel="gluon_sm90", key_blocks_per_step=2), 3),
 )
 CHILD_TIMEOUT_S = 150
 
@@ -123,9 +128,10 @@ def check_case(name, timed=True, device="cuda"):
     arrays = {"q": q, "k": k, "v": v, "mask_id": mask}
     descs = [_launch.describe(x) for x in (q, k, v)] + [None if mask is None else _launch.describe(mask)]
 
-    def plan_with(override=None):
+    def plan_with(override=None, num_sms=None):
         return make_plan(*descs, is_causal=spec["causal"], smooth_k=spec.get("smooth_k", True), return_lse=True,
-                         capability=torch.cuda.get_device_capability(device), attention_override=override)
+                         capability=torch.cuda.get_device_capability(device), attention_override=override,
+                         num_sms=num_sms or torch.cuda.get_device_properties(device).multi_processor_count)
 
     plan = plan_with()
     env = _launch.allocate(plan, arrays, device)
@@ -137,13 +143,14 @@ def check_case(name, timed=True, device="cuda"):
     ops = 4 * spec["head_dim"] * live * BLOCK_M * BLOCK_N
     hq, rows, ref_out, ref_lse = reference_sample(spec, q, k, v, mask)
     base = None  # the first variant's outputs
+    full_grid = None  # the Gluon kernel's (two blocks a step) on the device's SMs
 
     records = []
-    for variant, override in VARIANTS:
+    for variant, override, num_sms in VARIANTS:
         rec = dict(case=name, variant=variant, **{k: spec[k] for k in ("head_dim", "dtype", "mask", "causal")},
                    n_q=spec["n_q"], n_k=spec["n_k"], heads_q=spec["heads_q"], heads_kv=spec["heads_kv"])
         try:
-            variant_plan = plan_with(override)
+            variant_plan = plan_with(override, num_sms)
             step = variant_plan.launches[-1]
             # the variant's own scratch (the Gluon kernel's descriptors), which the table's plan may not hold
             env.update((n, t) for n, t in _launch.allocate(variant_plan, {}, device).items() if n not in env)
@@ -158,6 +165,12 @@ def check_case(name, timed=True, device="cuda"):
                        n_regs=getattr(compiled, "n_regs", None), n_spills=getattr(compiled, "n_spills", None))
             out, lse = e1["out"], e1["lse"]
             base = base or {"out": out.clone(), "lse": lse.clone()}
+            if num_sms is not None:  # the grid changes which program runs a tile, never its arithmetic
+                rec["bitwise_vs_full_grid"] = bool(
+                    torch.equal(out.view(torch.int16), full_grid["out"].view(torch.int16))
+                    and torch.equal(lse.view(torch.int32), full_grid["lse"].view(torch.int32)))
+            elif step.kernel is kernel_sm90.attention_sm90_kernel and step.constexprs["KEY_BLOCKS_PER_STEP"] == 2:
+                full_grid = {"out": out.clone(), "lse": lse.clone()}
             rec["nan_free"] = not bool(torch.isnan(out).any() or torch.isnan(lse).any())
             rec["deterministic"] = bool(torch.equal(out.view(torch.int16), e2["out"].view(torch.int16))
                                         and torch.equal(lse.view(torch.int32), e2["lse"].view(torch.int32)))
@@ -170,7 +183,8 @@ def check_case(name, timed=True, device="cuda"):
                 lse[:1, :hq].index_select(2, idx).double().cpu(), torch.from_numpy(ref_lse))
             rec["within_bounds"] = bool(rec["cosine"] >= COS_MIN and rec["rel_l1"] <= REL_L1_MAX
                                         and rec["max_diff_lse_vs_ref"] <= LSE_ABS_MAX and rec["lse_inf_same_as_ref"])
-            if timed:
+            rec["programs"] = step.grid[0]
+            if timed and num_sms is None:
                 rec["ms"] = triton.testing.do_bench(lambda: run(step, e1), warmup=25, rep=100, return_mode="median")
                 rec["tops"] = ops / rec["ms"] / 1e9
         except Exception as exc:  # one failing variant must not hide the others
@@ -201,19 +215,19 @@ def run_child(name):
 
 
 def table(records):
-    head = (f"{'case':<30} {'variant':<10} {'ms':>8} {'TOPS':>6} {'x_first':>8} {'|d out|':>9} {'|d lse|':>9} "
+    head = (f"{'case':<30} {'variant':<20} {'ms':>8} {'TOPS':>6} {'x_first':>8} {'|d out|':>9} {'|d lse|':>9} "
             f"{'cos':>9} {'relL1':>7} {'det':>4} {'ok':>3}")
     lines = [head, "-" * len(head)]
     ms_triton = {r["case"]: r.get("ms") for r in records if r["variant"] == VARIANTS[0][0]}
     for r in records:
         if "error" in r:
-            lines.append(f"{r['case']:<30} {r['variant']:<10} ERROR {r['error'].splitlines()[0][:80] if r['error'] else ''}")
+            lines.append(f"{r['case']:<30} {r['variant']:<20} ERROR {r['error'].splitlines()[0][:80] if r['error'] else ''}")
             continue
         ms, base = r.get("ms"), ms_triton.get(r["case"])
         speed = f"{base / ms:8.3f}" if ms and base else f"{'':8}"
         timing = f"{ms:8.3f} {r['tops']:6.0f}" if ms else f"{'':8} {'':6}"
-        ok = r["nan_free"] and r["within_bounds"] and r["lse_inf_same_as_first"]
-        lines.append(f"{r['case']:<30} {r['variant']:<10} {timing} {speed} {r['max_diff_out_vs_first']:9.2e} "
+        ok = r["nan_free"] and r["within_bounds"] and r["lse_inf_same_as_first"] and r.get("bitwise_vs_full_grid", True)
+        lines.append(f"{r['case']:<30} {r['variant']:<20} {timing} {speed} {r['max_diff_out_vs_first']:9.2e} "
                      f"{r['max_diff_lse_vs_first']:9.2e} {r['cosine']:9.6f} {r['rel_l1']:7.4f} "
                      f"{'yes' if r['deterministic'] else 'NO':>4} {'yes' if ok else 'NO':>3}")
     return "\n".join(lines)

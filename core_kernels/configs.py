@@ -48,13 +48,17 @@ class SplitKVConfig(KernelConfig):
     # at most max_splits, and never more than there are key blocks.
     programs_per_sm: int = 8
     max_splits: int = 64
-    # warps for a tile of 16 rows (one query per head of a small kv group: one MMA row tile), None: num_warps.
-    # Fewer warps a program let more programs reside on an SM: a grid of a few hundred programs then runs in
-    # one wave instead of one and a fraction.
+    # Warps for a tile of 16 rows (one query per head of a small kv group: one MMA row tile) when the whole grid
+    # then fits one wave, narrow_resident_per_sm programs of that width an SM (None: always num_warps). Fewer
+    # warps a program let more programs reside on an SM: a grid of a few hundred programs then runs in one wave
+    # instead of one and a fraction; a grid of several waves either way keeps num_warps, which then streams faster.
     narrow_num_warps: int | None = None
+    narrow_resident_per_sm: int = 4  # 2 warps of the split-KV kernel: <= 255 registers, 4 CTAs an SM (sm_90)
 
-    def warps(self, block_rows: int) -> int:
-        return self.narrow_num_warps if block_rows == 16 and self.narrow_num_warps else self.num_warps
+    def warps(self, block_rows: int, programs: int, sms: int) -> int:
+        narrow = (self.narrow_num_warps is not None and block_rows == 16
+                  and programs <= self.narrow_resident_per_sm * sms)
+        return self.narrow_num_warps if narrow else self.num_warps
 
 
 _SIMPLE = KernelConfig(num_warps=4, num_stages=1)
@@ -70,10 +74,11 @@ class LaunchConfigs:
     # (1, 32k), 1.03x at (16, 32k)
     split_kv: SplitKVConfig = SplitKVConfig(num_warps=4, num_stages=3)
     # The same kernel over an INT8 KV cache, V as given / in e4m3 (H200, split-KV launch alone, bf16 hd128 GQA
-    # 32/8; benchmarks/NOTES.md): with V as given the plain call's entry is the best measured at (1, 32k) and
-    # (16, 32k) (2 warps: 0.94x at (1, 32k), 1.23x at (1, 128k)); with e4m3 V 2 stages over 3 1.21x at
-    # (1, 32k), equal at (16, 32k), and 2 warps for 16 rows 1.43x at (1, 128k), 0.98x at (1, 32k).
-    split_kv_int8: SplitKVConfig = SplitKVConfig(num_warps=4, num_stages=3)
+    # 32/8; benchmarks/NOTES.md): with V as given 3 stages, and 2 warps for 16 rows 1.23x at (1, 128k) (512
+    # programs: one wave of 2-warp programs, 1.29 of 4-warp ones), 0.94x at (1, 32k) (1088 programs: several
+    # waves either way, so 4 warps there); with e4m3 V 2 stages over 3 1.21x at (1, 32k), equal at (16, 32k),
+    # and 2 warps for 16 rows 1.43x at (1, 128k), 0.98x at (1, 32k).
+    split_kv_int8: SplitKVConfig = SplitKVConfig(num_warps=4, num_stages=3, narrow_num_warps=2)
     split_kv_e4m3: SplitKVConfig = SplitKVConfig(num_warps=4, num_stages=2, narrow_num_warps=2)
     combine: KernelConfig = _SIMPLE
 

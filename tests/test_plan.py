@@ -159,6 +159,29 @@ def test_global_scratch_is_a_plan_buffer_split_over_the_grid():
         global_scratch_bytes(Plan({"s": Buffer((256,), "uint8")}, (uneven,), ()), uneven)
 
 
+def test_gluon_kernel_runs_a_persistent_grid_of_one_program_an_sm():
+    """A program an SM whatever the tile count (no comparison of shapes a compiled graph would guard on), each
+    with its descriptors; with kv_lens a program a tile (its V descriptor is cut at one row's valid keys); the
+    plain kernel keeps a program a tile."""
+    from sparse_sageattn.core_kernels.attention import kernel_sm90
+
+    def attention(q_shape, capability=(9, 0), num_sms=132, kv_lens=None):
+        d = desc(q_shape)
+        plan = make_plan(d, d, d, capability=capability, num_sms=num_sms, kv_lens=kv_lens)
+        return plan, plan.launches[-1]
+
+    for q_shape in ((2, 4, 300, 128), (2, 32, 8192, 128)):  # 24 tiles, 4096 tiles
+        plan, step = attention(q_shape)
+        assert step.grid == (132,) and step.args["batch"] == 2
+        assert plan.buffers["descriptor_scratch"].shape == (132 * kernel_sm90.DESCRIPTOR_SCRATCH_BYTES,)
+    plan, step = attention((2, 4, 300, 128), kv_lens=desc((2,), "int32"))
+    assert step.constexprs["HAS_KV_LENS"] and step.grid == (2 * 4 * 3,)
+    assert plan.buffers["descriptor_scratch"].shape == (2 * 4 * 3 * kernel_sm90.DESCRIPTOR_SCRATCH_BYTES,)
+    _, plain = attention((2, 4, 300, 128), capability=(8, 0))
+    assert plain.kernel is not kernel_sm90.attention_sm90_kernel and plain.grid == (2 * 4 * 3,)
+    assert "batch" not in plain.args
+
+
 def test_gluon_launch_config_matches_the_kernel_structure():
     from sparse_sageattn.core_kernels.attention import kernel_sm90
 
@@ -221,8 +244,25 @@ def test_cache_attention_takes_its_own_split_kv_entry(v_format):
         split = plan.launches[0]
         assert split.constexprs["K_INT8"] and split.constexprs["V_E4M3"] == (v_format == "e4m3")
         assert split.constexprs["BLOCK_ROWS"] == block_rows
-        assert (split.num_warps, split.num_stages) == (expected.warps(block_rows), expected.num_stages)
+        assert (split.num_warps, split.num_stages) == (expected.warps(block_rows, split.grid[0], 132),
+                                                       expected.num_stages)
         assert split.args["v_exp_ptr"] == Ref("v_exp" if v_format == "e4m3" else "q")
+
+
+@pytest.mark.parametrize("v_format", kv_cache.V_FORMATS)
+def test_cache_attention_narrows_a_16_row_grid_that_then_fits_one_wave(v_format):
+    """2 warps a program for a 16-row tile when the grid then fits one wave (4 programs an SM), else 4."""
+    def split_warps(batch, n_k, num_sms=132, override=None):
+        cache = {n: desc(b.shape, b.dtype)
+                 for n, b in kv_cache.cache_buffers(batch, 8, n_k, 128, "bfloat16", v_format).items()}
+        plan = kv_cache.make_attend_plan(desc((batch, 32, 1, 128), "bfloat16"), cache, None, True, "HND",
+                                         capability=(9, 0), num_sms=num_sms, split_kv_override=override)
+        return plan.launches[0].num_warps, plan.launches[0].grid[0]
+
+    assert split_warps(1, 131072) == (2, 512)  # 8 programs x 64 splits <= 4 x 132
+    assert split_warps(8, 32768) == (4, 1088)  # 64 programs x 17 splits: several waves either way
+    assert split_warps(1, 131072, num_sms=100) == (4, 512)  # 512 > 4 x 100
+    assert split_warps(1, 131072, override={"num_warps": 4}) == (4, 512)  # an override's count is the launch's
 
 
 def test_split_count_follows_the_sms_and_the_key_blocks():

@@ -194,7 +194,8 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
               split_kv_override=None, kv_layout=None, k_scale: ArrayDesc | None = None,
               k_mean: ArrayDesc | None = None, v_exp: ArrayDesc | None = None) -> Plan:
     """Validate and resolve one sparse_sageattn call. `capability`: (major, minor) of the GPU, None = interpreter;
-    `num_sms`: its SM count (None: configs.INTERPRETER_SMS), which sizes the split-KV grid.
+    `num_sms`: its SM count, which sizes the split-KV grid (None: configs.INTERPRETER_SMS) and the persistent
+    Gluon kernel's (None: a program a tile).
 
     kv_lens: int32 (B,), valid keys per batch row (keys at or past it never contribute; causal aligns to it).
     Calls of at most configs.SPLIT_KV_MAX_QUERIES queries a head in the fp16 P.V mode take the split-KV kernel
@@ -297,7 +298,10 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
             raise ValueError("sparse_sageattn: the split-KV kernel (split_kv_override, INT8 caches) takes fp16 "
                              f"P.V and at most {BLOCK_M} queries")
         base_cfg = cfg.split_kv_e4m3 if v_e4m3 else cfg.split_kv_int8 if k_int8 else cfg.split_kv
-        split_cfg = replace(base_cfg, **{f: v for f, v in (split_kv_override or {}).items() if f != "splits"})
+        fields = {f: v for f, v in (split_kv_override or {}).items() if f != "splits"}
+        if "num_warps" in fields:  # an override's warp count is the launch's, for every tile height
+            fields.setdefault("narrow_num_warps", None)
+        split_cfg = replace(base_cfg, **fields)
         # Heads share a tile when they share a block list, as many of the kv group as fit 128 rows.
         heads_per_program = max((g for g in range(1, min(kv_group, 16) + 1)
                                  if kv_group % g == 0 and g * n_q <= BLOCK_M), default=1) if list_h == 1 else 1
@@ -330,7 +334,8 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
                  ROWS_PER_CHUNK=configs.ROWS_PER_CHUNK, SMOOTH_K=smooth_k, IS_CAUSAL=is_causal,
                  RETURN_LSE=return_lse, SHIFT_LSE=shift_lse, **dims, K_INT8=k_int8, V_E4M3=v_e4m3,
                  DENSE_LIST=list_programs == 0),
-            ("out", "lse", "partial_out", "partial_lse"), split_cfg.warps(block_rows), split_cfg.num_stages)
+            ("out", "lse", "partial_out", "partial_lse"), split_cfg.warps(block_rows, programs * splits, sms),
+            split_cfg.num_stages)
         prepare = (sums_and_lists,) if chunk_programs + list_programs else ()  # an INT8 cache, no mask: nothing
         if splits == 1:
             return _plan({**shared, **split_buffers}, (*prepare, split_kv))
@@ -371,9 +376,17 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         cfg.quantize.num_warps, cfg.quantize.num_stages)
 
     attention_kernel_fn = ATTENTION_KERNELS[attention_cfg.kernel][0]
-    attention_programs = batch * heads_q * n_qb
-    descriptor_scratch = None
-    if attention_kernel_fn is kernel_sm90.attention_sm90_kernel:  # it builds its TMA descriptors in global scratch
+    attention_programs = batch * heads_q * n_qb  # one program a (batch, head, query block) tile
+    descriptor_scratch, persistent = None, {}
+    if attention_kernel_fn is kernel_sm90.attention_sm90_kernel:
+        # Persistent: a program an SM (one fits: its shared memory), each walking tiles program id + k * programs,
+        # so a program's set-up and epilogue overlap the loads of its next tile; programs past the tiles exit.
+        # Not min(tiles, SMs): a comparison of symbolic shapes would guard a torch.compile graph on it. With
+        # kv_lens a program a tile (its V descriptor is cut at one batch row's valid keys). It builds its TMA
+        # descriptors in global scratch.
+        if kv_lens is None and num_sms is not None:
+            attention_programs = num_sms
+        persistent = dict(batch=batch)
         descriptor_scratch = "descriptor_scratch"
         buffers[descriptor_scratch] = Buffer((attention_programs * kernel_sm90.DESCRIPTOR_SCRATCH_BYTES,), "uint8")
     attention = Launch(
@@ -384,7 +397,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
              counts_ptr=Ref("block_counts"), indices_ptr=Ref("block_indices"), row_shift_ptr=Ref("q_row_shift"),
              **lengths, n_q=n_q, n_k=n_k, heads_q=heads_q, kv_group=kv_group,
              list_stride_b=list_h if list_b != 1 else 0, list_stride_h=1 if list_h != 1 else 0,
-             **strides("v", v_fp16_strides if v_to_fp16 else v_strides), **strides("o", out_strides),
+             **strides("v", v_fp16_strides if v_to_fp16 else v_strides), **strides("o", out_strides), **persistent,
              out_ptr=Ref("out"), lse_ptr=Ref("lse"),
              **blocks, IS_CAUSAL=is_causal, RETURN_LSE=return_lse, SHIFT_LSE=shift_lse,
              KEY_BLOCKS_PER_STEP=attention_cfg.key_blocks_per_step, **dims, **fp8),

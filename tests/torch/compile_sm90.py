@@ -27,7 +27,8 @@ from sparse_sageattn.core_kernels.attention.kernel_sm90 import attention_sm90_ke
 
 POINTER_TYPES = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32", "int8": "*i8", "uint8": "*u8",
                  "int32": "*i32", "bool": "*i1"}
-# (v dtype, head_dim, is_causal, return_lse, smooth_k, mask, key_blocks_per_step, layout[, odd v row stride]): both
+# (v dtype, head_dim, is_causal, return_lse, smooth_k, mask, key_blocks_per_step, layout[, odd v row stride[,
+# kv_lens]]): both
 # dtypes x both head dims x causal on/off x lse (shifted and not) on/off, one and two key blocks a step, a mask,
 # GQA, NHD, and V rows with an odd stride (STRIDE_ALIGN 1: fp16 V then takes the loader's register path).
 CASES = [
@@ -41,6 +42,8 @@ CASES = [
     ("bfloat16", 64, False, False, True, False, 1, "NHD"),
     ("float16", 128, True, True, True, True, 1, "HND"),
     ("float16", 64, False, True, True, False, 2, "HND", True),
+    ("float16", 128, True, True, True, False, 2, "HND", False, True),  # kv_lens: V cut at a batch row's keys
+    ("bfloat16", 64, False, False, True, True, 1, "NHD", False, True),
 ]
 # Must be refused at compile time: (v dtype, head_dim, pv_dtype, expected text of the static_assert)
 REFUSED = [
@@ -50,7 +53,7 @@ REFUSED = [
 
 
 def attention_step(dtype, head_dim, is_causal, return_lse, smooth_k, with_mask, kbps, layout, odd_v_stride=False,
-                   pv_dtype="fp16", heads_q=4, heads_kv=2, n_q=300, n_k=500, batch=2):
+                   with_kv_lens=False, pv_dtype="fp16", heads_q=4, heads_kv=2, n_q=300, n_k=500, batch=2):
     def desc(heads, n, row_pad=0):
         shape = (batch, heads, n, head_dim) if layout == "HND" else (batch, n, heads, head_dim)
         padded = shape[:3] + (head_dim + row_pad,)  # a view of the first head_dim channels of wider rows
@@ -63,12 +66,16 @@ def attention_step(dtype, head_dim, is_causal, return_lse, smooth_k, with_mask, 
         mask = ArrayDesc(shape, contiguous_strides(shape), "bool", "cuda:0")
     supported = pv_dtype == "fp16" and head_dim in (64, 128)
     override = {"kernel": "gluon_sm90" if supported else "triton", "key_blocks_per_step": kbps}
+    kv_lens = ArrayDesc((batch,), (1,), "int32", "cuda:0") if with_kv_lens else None
     plan = make_plan(q, k, v, mask, is_causal=is_causal, tensor_layout=layout, smooth_k=smooth_k,
-                     return_lse=return_lse, capability=(9, 0), pv_dtype=pv_dtype, attention_override=override)
+                     return_lse=return_lse, capability=(9, 0), pv_dtype=pv_dtype, kv_lens=kv_lens, num_sms=132,
+                     attention_override=override)
     step = next(s for s in plan.launches if s.name == "attention")
     if not supported:  # the plan refuses it (choose_attention); bind it anyway: the kernel must refuse it too
-        step = dataclasses.replace(step, kernel=attention_sm90_kernel, num_warps=4, maxnreg=168)
-    dtypes = {"q": dtype, "k": dtype, "v": dtype, "mask_id": "bool"}
+        args = {**step.args, "batch": batch}
+        step = dataclasses.replace(step, kernel=attention_sm90_kernel, num_warps=4, maxnreg=168,
+                                   args={name: args[name] for name in attention_sm90_kernel.arg_names})
+    dtypes = {"q": dtype, "k": dtype, "v": dtype, "mask_id": "bool", "kv_lens": "int32"}
     dtypes.update({name: buf.dtype for name, buf in plan.buffers.items()})
     assert step.constexprs["STRIDE_ALIGN"] == (1 if odd_v_stride else 8), step.constexprs
     return step, dtypes
@@ -102,6 +109,7 @@ def evidence(compiled):
         "mbarrier": len(re.findall(r"\bmbarrier\.", ptx)),
         "cp_async": len(re.findall(r"\bcp\.async\.(?:ca|cg)\.shared", ptx)),
         "tma_loads": len(re.findall(r"\bcp\.async\.bulk\.tensor\.2d\.shared::cluster\.global", ptx)),
+        "tma_loads_4d": len(re.findall(r"\bcp\.async\.bulk\.tensor\.4d\.shared::cluster\.global", ptx)),
         "tensormap_replace": len(re.findall(r"\btensormap\.replace\.tile\.global_address", ptx)),
         "mbarrier_expect_tx": len(re.findall(r"\bmbarrier\.arrive\.expect_tx", ptx)),
         "global_scratch_size": md.global_scratch_size,
@@ -141,7 +149,7 @@ def main():
         print(json.dumps({"case": case, "seconds": round(time.time() - t0, 2), **result}), flush=True)
     for dtype, head_dim, pv_dtype, expected in REFUSED:
         try:
-            compile_step(*attention_step(dtype, head_dim, False, False, True, False, 2, "HND", False, pv_dtype))
+            compile_step(*attention_step(dtype, head_dim, False, False, True, False, 2, "HND", pv_dtype=pv_dtype))
             result = {"refused": False}
         except Exception as e:
             result = {"refused": expected in str(e), "error": f"{type(e).__name__}: {e}"[-600:]}

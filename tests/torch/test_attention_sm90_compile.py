@@ -51,9 +51,12 @@ def test_every_supported_variant_compiles(compiled):
         assert c["wgmma_other"] == [], c  # no bf16 / fp8 MMA: bf16 V is converted to fp16 first
         assert k.LOADER_REGS in c["setmaxnreg"] and k.CONSUMER_REGS in c["setmaxnreg"], c
         assert c["mbarrier"] > 0 and c["mbarrier_expect_tx"] > 0 and c["cp_async"] == 0, c
-        # K always by TMA, through a descriptor the program builds; fp16 V with 16-byte rows by TMA too
+        # Q and K always by TMA, through descriptors the program builds once; fp16 V with 16-byte rows by TMA too:
+        # all of V in one 4-d descriptor, or with kv_lens the program's head cut at its valid keys (2-d)
         v_tma = len(c["case"]) < 9 or not c["case"][8]  # the plan's fp16 copy of bf16 V has 16-byte rows
-        assert c["tma_loads"] > 0 and c["tensormap_replace"] == (2 if v_tma else 1), c
+        kv_lens = len(c["case"]) > 9 and c["case"][9]
+        assert c["tma_loads"] > 0 and c["tensormap_replace"] == (3 if v_tma else 2), c
+        assert (c["tma_loads_4d"] > 0) == (v_tma and not kv_lens), c
         assert c["global_scratch_size"] == 128 * c["tensormap_replace"] <= k.DESCRIPTOR_SCRATCH_BYTES, c
         assert c["num_warps"] == warps and c["reqntid"] == 32 * warps, c
         if c["ptxas_spills"] is not None:  # the register budgets of the partitions hold: nothing spills
