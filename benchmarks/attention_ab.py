@@ -1,6 +1,7 @@
 """A/B of attention-kernel variants: the table's entry against AttentionConfig fields given to make_plan's
 attention_override (e.g. key_blocks_per_step=2). Kernel only: the plan's other launches run once to fill the
-buffers, then the attention launch alone is timed per variant (do_bench median, L2 flushed), in the order
+buffers, then the attention launch alone (--whole-plan: all of the plan's launches, in a row) is timed per
+variant (do_bench median, L2 flushed), in the order
 A B ... B A and averaged, so clock drift does not favour one side. Also printed: TOPS over the computed blocks
 (live blocks x 128 x 64 pairs, 4*D ops each), and each variant's output against the first variant's
 (max |diff|) and against the float64 reference on sampled rows of batch 0, head 0 (cosine, relative L1).
@@ -33,15 +34,17 @@ MASKS = ("dense", "causal", "half")  # half: a random mask keeping half of the b
 
 
 def parse_variant(text):
-    """"key_blocks_per_step=2,pv_dtype=fp8,tree=base" -> {"key_blocks_per_step": 2, "pv_dtype": "fp8", "tree": "base"}."""
+    """"key_blocks_per_step=2,pv_dtype=fp8,tree=base" -> {"key_blocks_per_step": 2, "pv_dtype": "fp8", "tree": "base"}
+    (integers as ints, other values, such as kernel=gluon_sm90, as strings)."""
     fields = dict(item.split("=", 1) for item in text.split(",")) if text else {}
-    return {k: v if k in PLAN_FIELDS else int(v) for k, v in fields.items()}
+    return {k: v if k in PLAN_FIELDS or not v.lstrip("-").isdigit() else int(v) for k, v in fields.items()}
 
 
 PLAN_FIELDS = ("pv_dtype", "tree")  # variant fields that are not AttentionConfig fields
 
 
-def run_config(n, head_dim, mask_kind, variants, trees, batch, heads, device, timed, launch_once=False):
+def run_config(n, head_dim, mask_kind, variants, trees, batch, heads, device, timed, launch_once=False,
+               whole_plan=False):
     gen = torch.Generator(device).manual_seed(n + head_dim)
     q, k, v = (torch.randn(batch, heads, n, head_dim, generator=gen, device=device, dtype=torch.float16)
                for _ in range(3))
@@ -66,6 +69,7 @@ def run_config(n, head_dim, mask_kind, variants, trees, batch, heads, device, ti
     if launch_once:
         return []
     steps = [next(s for s in p.launches if s.name == "attention") for p in plans]
+    timed_launches = [p.launches if whole_plan else (step,) for p, step in zip(plans, steps)]
     counts = variant_arrays[0]["block_counts"].view(-1, n_qb, 2)  # one list per (batch, head) the mask tells
     live = counts[..., 0].sum().item() * (batch * heads // counts.shape[0])
     ops = 4 * head_dim * live * BLOCK_M * BLOCK_N
@@ -73,8 +77,9 @@ def run_config(n, head_dim, mask_kind, variants, trees, batch, heads, device, ti
     outs, times = [a["out"] for a in variant_arrays], [[] for _ in steps]
     if timed:
         for i in list(range(len(steps))) + list(reversed(range(len(steps)))):
-            times[i].append(triton.testing.do_bench(lambda s=steps[i], a=variant_arrays[i]: _launch.launch(s, a),
-                                                    warmup=25, rep=100, return_mode="median"))
+            times[i].append(triton.testing.do_bench(
+                lambda launches=timed_launches[i], a=variant_arrays[i]: [_launch.launch(s, a) for s in launches],
+                warmup=25, rep=100, return_mode="median"))
     rows = np.unique(np.linspace(0, n - 1, 64).astype(int))
     ref, _ = attention(*(x[:1, :1].float().cpu().numpy() for x in (q, k, v)),
                        None if mask is None else mask.cpu().numpy(), causal, rows=rows)
@@ -103,6 +108,9 @@ def main(argv=None):
     p.add_argument("--baseline-root", help="source tree whose core_kernels the tree=base variants use")
     p.add_argument("--launch-once", action="store_true",
                    help="run each variant's launches once and stop (nothing timed or checked): a target for ncu")
+    p.add_argument("--whole-plan", action="store_true",
+                   help="time every launch of each variant's plan (K sums and lists, quantization, attention) in a "
+                        "row, not the attention launch alone: for a change that moves work between launches")
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu"
     if device == "cpu" and not (args.smoke and INTERPRETED):
@@ -122,7 +130,8 @@ def main(argv=None):
         for head_dim in (int(x) for x in args.head_dims.split(",")):
             for mask_kind in args.masks.split(","):
                 results = run_config(n, head_dim, mask_kind, variants, trees, args.batch, args.heads, device,
-                                     timed=device == "cuda", launch_once=args.launch_once)
+                                     timed=device == "cuda", launch_once=args.launch_once,
+                                     whole_plan=args.whole_plan)
                 for r in results:
                     name = ",".join(f"{k}={v}" for k, v in r["variant"].items()) or "table"
                     timing = (f"{r['ms']:8.3f} ms {r['tops']:6.1f} TOPS x{results[0]['ms'] / r['ms']:.3f}"
