@@ -33,17 +33,12 @@ class AttentionConfig(KernelConfig):
     kernel: str = "triton"  # the variant: a key of attention/plan.py's ATTENTION_KERNELS
     pv_dtypes: tuple = ("fp16", "fp8")  # the P.V modes this entry serves
     maxnreg: int | None = None  # a register cap at launch: what lets a warp-specialized kernel's setmaxnreg work
-    # The Gluon kernel quantizes Q itself (its QUANTIZE_Q), where the call lets it (q's rows on 16 bytes, no lse
-    # shift), and the quantize launch then skips Q
-    quantize_q: bool = False
 
     def __post_init__(self):
         if self.key_blocks_per_step not in (1, 2):
             raise ValueError(f"key_blocks_per_step must be 1 or 2, got {self.key_blocks_per_step!r}")
         if self.kernel not in KERNEL_VARIANTS:
             raise ValueError(f"kernel must be one of {KERNEL_VARIANTS}, got {self.kernel!r}")
-        if self.quantize_q and self.kernel != "gluon_sm90":
-            raise ValueError(f"quantize_q is the gluon_sm90 kernel's, not {self.kernel!r}'s")
 
 
 @dataclass(frozen=True)
@@ -98,7 +93,7 @@ VARIANT_DEFAULTS = {
     # 4 warps = the default partition (one consumer warpgroup); the kernel adds a second consumer warpgroup and
     # a loader, 12 warps in all, and 65536 registers / (12 * 32 threads) = 168 a thread at launch
     "gluon_sm90": AttentionConfig(num_warps=4, num_stages=1, key_blocks_per_step=2, kernel="gluon_sm90",
-                                  pv_dtypes=("fp16",), maxnreg=168, quantize_q=True),
+                                  pv_dtypes=("fp16",), maxnreg=168),
 }
 DEFAULT = LaunchConfigs(attention=(VARIANT_DEFAULTS["triton"],), quantize=_SIMPLE, sums_and_lists=_SIMPLE)
 

@@ -182,36 +182,6 @@ def test_gluon_kernel_runs_a_persistent_grid_of_one_program_an_sm():
     assert "batch" not in plain.args
 
 
-def test_gluon_kernel_quantizes_q_itself_where_the_call_lets_it():
-    """The Gluon kernel quantizes Q (QUANTIZE_Q, the raw q and its strides bound) and the quantize launch runs K
-    alone, its Q buffers one-element slots; not with an lse shift (the quantize launch's Q programs compute it),
-    with rows of q off 16 bytes (TMA), with the override off, nor for the plain kernel."""
-    def plan(capability=(9, 0), q_row=128, smooth_k=True, return_lse=False, override=None):
-        q = ArrayDesc((2, 4, 300, 128), contiguous_strides((2, 4, 300, q_row)), "float16")
-        d = desc((2, 2, 500, 128))
-        p = make_plan(q, d, d, None, False, "HND", None, smooth_k, return_lse, capability, num_sms=132,
-                      attention_override=override)
-        return p, p.launches[1], p.launches[-1]
-
-    p, quantize, attention = plan()
-    n_qb, n_kb = -(-300 // BLOCK_M), -(-500 // BLOCK_N)
-    assert attention.constexprs["QUANTIZE_Q"] and attention.args["q_ptr"] == Ref("q")
-    assert attention.args["q_pre_scale"] == pytest.approx(1.4426950408889634 / 128 ** 0.5)
-    assert (attention.args["stride_qb"], attention.args["stride_qh"], attention.args["stride_qn"]) == (
-        4 * 300 * 128 // 8, 300 * 128 // 8, 128 // 8)
-    assert quantize.args["q_programs"] == 0 and quantize.grid == (2 * 2 * n_kb,)
-    assert p.buffers["q_int8"].shape == (1,) and p.buffers["q_scale"].shape == (1,)
-    for p, quantize, attention in (plan(return_lse=True), plan(q_row=132), plan(override={"kernel": "gluon_sm90", "quantize_q": False})):
-        assert not attention.constexprs["QUANTIZE_Q"] and quantize.args["q_programs"] == 2 * 4 * n_qb
-        assert p.buffers["q_int8"].shape == (2 * 4 * n_qb * BLOCK_M * 128,)
-    _, _, unshifted = plan(smooth_k=False, return_lse=True)  # an lse with nothing to add back
-    assert unshifted.constexprs["QUANTIZE_Q"] and unshifted.constexprs["RETURN_LSE"]
-    _, quantize, plain = plan(capability=(8, 0))
-    assert "QUANTIZE_Q" not in plain.args and quantize.args["q_programs"] == 2 * 4 * n_qb
-    with pytest.raises(ValueError, match=r"quantize_q is the gluon_sm90 kernel's"):
-        plan(capability=(8, 0), override={"quantize_q": True})
-
-
 def test_gluon_launch_config_matches_the_kernel_structure():
     from sparse_sageattn.core_kernels.attention import kernel_sm90
 

@@ -1,5 +1,5 @@
 """Warp-specialized, persistent Gluon variant of kernel.py's `attention_kernel` for Hopper (sm_90): same contract,
-same parameters (names, order, constexprs) plus `batch` and the raw Q (QUANTIZE_Q), same numerics (INT8 Q.K^T with int32 accumulation scaled
+same parameters (names, order, constexprs) plus `batch`, same numerics (INT8 Q.K^T with int32 accumulation scaled
 by q_scale * k_scale in the log2 domain, exp2 online softmax, fp16 P.V with fp32 accumulation; rows that see
 nothing -> zeros and lse = -inf), but for a quarter of an unmasked step's exp2, which runs as a cubic on the FMA
 units (_exp2_poly: relative error 7.5e-5). A tile is kernel.py's program: (batch * head, query block).
@@ -13,13 +13,10 @@ Structure (FA3's shape; TMA without host descriptors, so the JAX launch feeds it
     passes: Triton's hidden global-scratch parameter, DESCRIPTOR_SCRATCH_BYTES a program (the plan allocates it;
     the torch executor hands it to Triton's launcher, the JAX executor passes it as the last array, which lands
     in that parameter's slot). A host-built descriptor cannot reach a jax-triton launch; this one does. One
-    descriptor covers every tile's quantized Q (with QUANTIZE_Q all of the raw q, [batch, heads, queries, head
-    dim]), one every head's K blocks, one all of V ([batch, kv heads, keys, head dim], so rows past a head's keys
-    arrive as zeros).
+    descriptor covers every tile's quantized Q, one every head's K blocks, one all of V ([batch, kv heads, keys,
+    head dim], so rows past a head's keys arrive as zeros).
   - loader partition (LOADER_WARPS warps): per tile, its Q (into one of two Q slots, the one the tile before
-    last freed; with QUANTIZE_Q the loader quantizes it from the raw tile staged by TMA, as the quantize launch
-    would, a tile ahead: while the ring holds the current tile's first steps), then its block list (entries
-    [0, live), one or two 64-key blocks per step,
+    last freed), then its block list (entries [0, live), one or two 64-key blocks per step,
     KEY_BLOCKS_PER_STEP) into a ring of RING_STAGES shared-memory slots, each one K tile (int8) and one V tile
     (fp16), NVMMA-swizzled for wgmma; the ring's positions run on across tiles. Q, K, and fp16 V with
     16-byte-aligned rows (STRIDE_ALIGN == 8) go by TMA (rows out of bounds arrive as zeros); V rows of unknown
@@ -27,7 +24,7 @@ Structure (FA3's shape; TMA without host descriptors, so the JAX launch feeds it
     does that), are loaded into registers, converted to fp16 and stored (fp16 is what the P.V MMA takes).
     mbarriers: `ready[s]` (the slot is filled: the loader's expect of the TMA bytes, plus one plain arrive after
     the register path's stores and proxy fence), `empty[s]` (every consumer is done), `q_ready[t]` / `q_empty[t]`
-    (a Q slot is filled / every consumer has read it for its tile's last Q.K^T), `q_staged` (the raw Q landed).
+    (a Q slot is filled / every consumer has read it for its tile's last Q.K^T).
   - CONSUMER_WARPGROUPS (2) consumer warpgroups (the default partition and one 4-warp worker), each on
     BLOCK_M / CONSUMER_WARPGROUPS query rows of every tile: s8 wgmma Q.K^T (Q in shared memory, K viewed
     K-major), the scale and mask (unmasked list entries [0, full), then the masked ones with the key-tail and
@@ -40,8 +37,7 @@ with num_warps=NUM_WARPS and maxnreg=MAXNREG, or every partition keeps the compi
 do not fit together (three 128-thread warpgroups: 504 registers a thread in all, 168 each at launch).
 
 Supported: PV_FP8=False, HEAD_DIM == HEAD_DIM_PAD in (64, 128), KEY_BLOCKS_PER_STEP 1 or 2, fp16 and bf16 V and
-out, IS_CAUSAL, RETURN_LSE / SHIFT_LSE, any block list (masks), GQA, STRIDE_ALIGN 1 or 8, QUANTIZE_Q with
-STRIDE_ALIGN 8 and without SHIFT_LSE (static_assert).
+out, IS_CAUSAL, RETURN_LSE / SHIFT_LSE, any block list (masks), GQA, STRIDE_ALIGN 1 or 8.
 Refused at compile time (gl.static_assert, so a plan can never bind them silently): PV_FP8 (its e4m3 P.V needs
 V^T K-major and the per-channel rescale: not written here), a padded head dim (HEAD_DIM != HEAD_DIM_PAD: the
 int8 and fp16 wgmma tiles here are the head dim itself), head dims other than 64/128 (256 does not fit the
@@ -58,15 +54,14 @@ from triton.language import PropagateNan as _PropagateNan
 from .. import contract
 from ..alignment import _aligned  # a @triton.jit helper: Gluon calls it like its own
 from .kernel import UNSPECIALIZED
-from .quantize import _abs_max, _to_int8  # @triton.jit helpers: the Q quantization's own arithmetic
 
 # ---- the kernel's structure; configs.py launches it with NUM_WARPS and MAXNREG (tests/test_plan.py checks they agree)
 NUM_WARPS = 4  # the default partition: one consumer warpgroup
 CONSUMER_WARPGROUPS = 2  # 64 query rows each (one warpgroup on 128 rows spills ~0.5 KB at hd128, 2 blocks/step)
 LOADER_WARPS = 4  # a 1-warp loader is padded to a warpgroup anyway; 4 warps give the bf16 path registers
 RING_STAGES = 3  # hd128, two key blocks a step: 3 * (16 KB K + 32 KB V) + 2 * 16 KB Q = 176 KB of shared memory
-LOADER_REGS = 56  # the step loop and the Q quantization between its two halves (40 spills there)
-CONSUMER_REGS = 224  # the worker consumer; the default partition gets the rest: 504 - 224 - 56 = 224
+LOADER_REGS = 40
+CONSUMER_REGS = 232  # the worker consumer; the default partition gets the rest: 504 - 232 - 40 = 232
 MAXNREG = 168  # 65536 registers / (32 * all 12 warps), a multiple of 8
 # a quarter of an unmasked step's exp2 (every 4th group of 8 columns) through _exp2_poly; its cubic's coefficients
 EXP2_POLY_EVERY = 4
@@ -301,13 +296,12 @@ def _attend_tile(q_smem, k_bufs, v_bufs, ready, empty, q_empty_bar, ring, indice
 
 
 @gluon.jit
-def _consumer(q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, q_scales, counts_ptr, indices_ptr,
-              q_scale_ptr, k_scale_ptr, kv_lens_ptr, row_shift_ptr, out_ptr, lse_ptr, n_q, n_k, heads_q, kv_group,
+def _consumer(q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, counts_ptr, indices_ptr, q_scale_ptr,
+              k_scale_ptr, kv_lens_ptr, row_shift_ptr, out_ptr, lse_ptr, n_q, n_k, heads_q, kv_group,
               list_stride_b, list_stride_h, stride_ob, stride_oh, stride_on, tiles_end,
               WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BM_WG: gl.constexpr, KB: gl.constexpr,
               HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, RETURN_LSE: gl.constexpr,
-              SHIFT_LSE: gl.constexpr, STRIDE_ALIGN: gl.constexpr, HAS_KV_LENS: gl.constexpr,
-              QUANTIZE_Q: gl.constexpr):
+              SHIFT_LSE: gl.constexpr, STRIDE_ALIGN: gl.constexpr, HAS_KV_LENS: gl.constexpr):
     """Consumer warpgroup WG (query rows [WG * BM_WG, (WG + 1) * BM_WG) of each tile): the program's tiles in
     turn, each attended (_attend_tile), then its epilogue (out, lse) while the loader already fills the ring with
     the next tile's Q, K and V."""
@@ -328,14 +322,10 @@ def _consumer(q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, q_scales, 
                                                                      n_kb, heads_q, kv_group, list_stride_b,
                                                                      list_stride_h)
         n_valid = _valid_keys(kv_lens_ptr, b, n_k, HAS_KV_LENS)
+        q_scale = gl.load(q_scale_ptr + bh.to(gl.int64) * n_qb + qb)
         q_row0 = qb * BLOCK_M + WG * BM_WG
         q_slot = tile_count % 2
-        if QUANTIZE_Q:  # the loader's, beside the tile's int8 Q
-            mbarrier.wait(q_ready.index(q_slot), (tile_count // 2) & 1)
-            q_scale = gl.max(q_scales.index(q_slot).load(gl.BlockedLayout([1], [32], [nw], [0])), axis=0)
-        else:
-            q_scale = gl.load(q_scale_ptr + bh.to(gl.int64) * n_qb + qb)
-            mbarrier.wait(q_ready.index(q_slot), (tile_count // 2) & 1)
+        mbarrier.wait(q_ready.index(q_slot), (tile_count // 2) & 1)
         acc, m_i, l_i = _attend_tile(q_bufs.index(q_slot * (BLOCK_M // BM_WG) + WG), k_bufs, v_bufs, ready, empty,
                                      q_empty.index(q_slot), ring, indices_row_ptr,
                                      k_scale_ptr + kv_bh.to(gl.int64) * n_kb, q_scale, n_live, n_full, q_row0, n_q,
@@ -358,65 +348,6 @@ def _consumer(q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, q_scales, 
                 lse2 += gl.load(row_shift_ptr + bh.to(gl.int64) * n_qb * BLOCK_M + q_rows)
             lse = gl.where(seen_nothing, float("-inf"), lse2 * LN2)
             gl.store(lse_ptr + bh.to(gl.int64) * n_q + q_rows, lse, mask=q_rows < n_q)
-
-
-@gluon.jit
-def _quantize_q_tile(q_stage, q_bufs, q_slot, scale_dst, pre_scale, BLOCK_M: gl.constexpr, BM_WG: gl.constexpr,
-                     HEAD_DIM: gl.constexpr):
-    """The tile's Q, staged in shared memory by TMA (rows past n_q as zeros), quantized as quantize.py's Q
-    programs do it (x * pre_scale, one scale over the block; _abs_max and _to_int8 themselves): elementwise
-    arithmetic and an order-free max, so the very bits that kernel writes. The int8 rows go to Q slot q_slot (one
-    box a consumer warpgroup), the scale to scale_dst. Two passes over the staged tile (its max, then its values),
-    ROWS rows at a time (16 threads along a row: HEAD_DIM / 16 values a thread, within the loader's registers)."""
-    nw: gl.constexpr = gl.num_warps()
-    ROWS: gl.constexpr = 2 * nw
-    x_l: gl.constexpr = gl.BlockedLayout([1, HEAD_DIM // 16], [2, 16], [nw, 1], [1, 0])
-    pre = pre_scale.to(gl.float32)  # jax-triton passes Python floats as fp64
-    amax = gl.zeros([ROWS, HEAD_DIM], gl.float32, layout=x_l)
-    for r in gl.static_range(BLOCK_M // ROWS):
-        x = q_stage.slice(r * ROWS, ROWS).load(x_l).to(gl.float32) * pre
-        amax = gl.maximum(amax, gl.abs(x), propagate_nan=_NAN_PROPAGATES)
-    amax = _abs_max(amax)
-    for r in gl.static_range(BLOCK_M // ROWS):
-        x = q_stage.slice(r * ROWS, ROWS).load(x_l).to(gl.float32) * pre
-        x_int8, scale = _to_int8(x, amax)
-        q_bufs.index(q_slot * (BLOCK_M // BM_WG) + (r * ROWS) // BM_WG).slice((r * ROWS) % BM_WG, ROWS).store(x_int8)
-    scale_l: gl.constexpr = gl.BlockedLayout([1], [32], [nw], [0])
-    scale_dst.store(gl.full([1], scale, gl.float32, layout=scale_l))
-
-
-@gluon.jit
-def _prepare_q(q_bufs, q_ready, q_empty, q_stage, q_staged, q_scales, q_desc, q_pre_scale, tile, tile_count,
-               tiles_end, n_qb, heads_q, kv_group, BLOCK_M: gl.constexpr, BM_WG: gl.constexpr,
-               HEAD_DIM: gl.constexpr):
-    """QUANTIZE_Q: the int8 Q of the program's tile_count-th tile `tile` (if it has one), from its raw Q staged in
-    q_stage, into Q slot tile_count % 2 once the tile two before has freed it; then the raw Q of the tile after
-    it staged. The loader runs this for the next tile while the ring already holds the current tile's first
-    steps (it would wait for a free slot there anyway), so the consumers do not wait for it."""
-    if tile < tiles_end:
-        q_slot = tile_count % 2
-        mbarrier.wait(q_empty.index(q_slot), ((tile_count // 2) & 1) ^ 1)  # a fresh barrier passes phase 1 at once
-        mbarrier.wait(q_staged, tile_count & 1)
-        _quantize_q_tile(q_stage, q_bufs, q_slot, q_scales.index(q_slot), q_pre_scale, BLOCK_M, BM_WG, HEAD_DIM)
-        # the int8 stores before the consumers' wgmma reads them, the staged tile's reads before its refill
-        fence_async_shared()
-        gl.thread_barrier()  # every thread's stores and reads: one thread arrives, one issues the TMA
-        mbarrier.arrive(q_ready.index(q_slot))
-        _load_q_stage(q_desc, q_stage, q_staged, tile + gl.num_programs(0), tiles_end, n_qb, heads_q, kv_group,
-                      BLOCK_M, HEAD_DIM)
-
-
-@gluon.jit
-def _load_q_stage(q_desc, q_stage, bar, tile, tiles_end, n_qb, heads_q, kv_group, BLOCK_M: gl.constexpr,
-                  HEAD_DIM: gl.constexpr):
-    """The raw Q of the program's tile `tile` (if it has one; fp16 or bf16) by TMA into q_stage: a box of the 4-d
-    descriptor over q ([batch, heads, queries, head dim]), so rows past n_q arrive as zeros."""
-    if tile < tiles_end:
-        _, qb, b, h, _ = _tile_coords(tile, gl.num_programs(0), tiles_end, n_qb, heads_q, kv_group)
-        mbarrier.expect(bar, BLOCK_M * HEAD_DIM * 2)
-        box_l: gl.constexpr = gl.NVMMASharedLayout.get_default_for([1, 1, BLOCK_M, HEAD_DIM], q_stage.dtype)
-        box = q_stage._reinterpret(q_stage.dtype, [1, 1, BLOCK_M, HEAD_DIM], box_l)
-        tma.async_copy_global_to_shared(q_desc, [b, h, qb * BLOCK_M, 0], bar, box)
 
 
 @gluon.jit
@@ -461,140 +392,91 @@ def _load_v_block(v_desc, b, h_kv, kb, bar, v_slot, ENTRY: gl.constexpr, BLOCK_N
 
 
 @gluon.jit
-def _issue_steps(k_bufs, v_bufs, ready, empty, k_desc, v_desc, counts_ptr, indices_ptr, kv_lens_ptr, v_ptr, n_q, n_k,
-                 heads_q, kv_group, list_stride_b, list_stride_h, stride_vb, stride_vh, stride_vn, tiles_end, tile,
-                 ring, first_step, end_step, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, KB: gl.constexpr,
-                 HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, V_TMA: gl.constexpr, V_CHUNK: gl.constexpr,
-                 HAS_KV_LENS: gl.constexpr):
-    """Steps [first_step, end_step) of the program's tile `tile`, whose step 0 is ring position `ring`: the K and V
-    tiles of each step's list entries, in list order, into ring slot (position % STAGES). The tile's coordinates
-    and list are found here from `tile`, so that nothing of them is live outside (the Q preparation between two
-    calls has the loader's registers). K (and V when V_TMA) go by TMA, out-of-bounds rows as zeros."""
-    n_qb = (n_q + (BLOCK_M - 1)) // BLOCK_M
-    n_kb = (n_k + (BLOCK_N - 1)) // BLOCK_N
-    bh, qb, b, h, kv_bh, n_live, n_full, indices_row_ptr = _tile(tile, counts_ptr, indices_ptr, tiles_end, n_qb, n_kb,
-                                                                 heads_q, kv_group, list_stride_b, list_stride_h)
-    h_kv = h // kv_group
-    n_valid = _valid_keys(kv_lens_ptr, b, n_k, HAS_KV_LENS)
-    v_head_ptr = v_ptr + b.to(gl.int64) * stride_vb + h_kv.to(gl.int64) * stride_vh
-    # Indices are read one step ahead: the copies' coordinates then do not wait on a load issued in the same
-    # step. A second entry past the list reads as block n_kb: out of the head's bounds (see the loads).
-    kb_a_next = gl.load(indices_row_ptr + first_step * KB, mask=first_step * KB < n_live, other=0)
-    kb_b_next = gl.load(indices_row_ptr + first_step * KB + 1, mask=first_step * KB + 1 < n_live, other=n_kb)
-    for step in range(first_step, end_step):
-        slot = (ring + step) % STAGES
-        entry = step * KB
-        kb_a = kb_a_next
-        kb_b = kb_b_next
-        kb_a_next = gl.load(indices_row_ptr + entry + KB, mask=entry + KB < n_live, other=0)
-        if KB == 2:
-            kb_b_next = gl.load(indices_row_ptr + entry + KB + 1, mask=entry + KB + 1 < n_live, other=n_kb)
-        mbarrier.wait(empty.index(slot), (((ring + step) // STAGES) & 1) ^ 1)
-        k_smem = k_bufs.index(slot)
-        v_smem = v_bufs.index(slot)
-        bar = ready.index(slot)
-        # the bytes the slot's TMA copies deliver, zero-filled rows included
-        mbarrier.expect(bar, KB * BLOCK_N * HEAD_DIM * (3 if V_TMA else 1))
-        _load_k_block(k_desc, kv_bh, n_kb, kb_a, bar, k_smem.slice(0, BLOCK_N), BLOCK_N)
-        if KB == 2:
-            _load_k_block(k_desc, kv_bh, n_kb, kb_b, bar, k_smem.slice(BLOCK_N, BLOCK_N), BLOCK_N)
-        if V_TMA:
-            _load_v_block(v_desc, b, h_kv, kb_a, bar, v_smem, 0, BLOCK_N, HEAD_DIM, HAS_KV_LENS)
-            if KB == 2:
-                _load_v_block(v_desc, b, h_kv, kb_b, bar, v_smem, 1, BLOCK_N, HEAD_DIM, HAS_KV_LENS)
-        else:
-            for chunk in gl.static_range(BLOCK_N // V_CHUNK):
-                _store_v_rows(v_smem.slice(chunk * V_CHUNK, V_CHUNK), v_head_ptr, kb_a, chunk * V_CHUNK,
-                              n_valid, stride_vn, BLOCK_N, V_CHUNK, HEAD_DIM)
-            if KB == 2:
-                for chunk in gl.static_range(BLOCK_N // V_CHUNK):
-                    _store_v_rows(v_smem.slice(BLOCK_N + chunk * V_CHUNK, V_CHUNK), v_head_ptr, kb_b,
-                                  chunk * V_CHUNK, n_valid, stride_vn, BLOCK_N, V_CHUNK, HEAD_DIM)
-            fence_async_shared()  # these st.shared before the consumers' wgmma reads (async proxy)
-            mbarrier.arrive(bar)  # after a barrier of this partition: every thread's stores
-
-
-@gluon.jit
-def _loader(q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, q_stage, q_staged, q_scales, q_desc, k_desc,
-            v_desc, counts_ptr, indices_ptr, kv_lens_ptr, v_ptr, q_pre_scale, n_q, n_k, heads_q, kv_group,
-            list_stride_b, list_stride_h, stride_vb, stride_vh, stride_vn, tiles_end, BLOCK_M: gl.constexpr,
-            BLOCK_N: gl.constexpr, BM_WG: gl.constexpr, KB: gl.constexpr, HEAD_DIM: gl.constexpr,
-            STAGES: gl.constexpr, V_TMA: gl.constexpr, V_CHUNK: gl.constexpr, STRIDE_ALIGN: gl.constexpr,
-            HAS_KV_LENS: gl.constexpr, QUANTIZE_Q: gl.constexpr):
+def _loader(q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, q_desc, k_desc, v_desc, counts_ptr,
+            indices_ptr, kv_lens_ptr, v_ptr, n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h, stride_vb,
+            stride_vh, stride_vn, tiles_end, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BM_WG: gl.constexpr,
+            KB: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, V_TMA: gl.constexpr,
+            V_CHUNK: gl.constexpr, STRIDE_ALIGN: gl.constexpr, HAS_KV_LENS: gl.constexpr):
     """For each of the program's tiles: its Q (both warpgroups' halves, into the Q slot the tile before last
-    freed), then its steps' K and V (_issue_steps), the ring's positions running on across tiles. With QUANTIZE_Q
-    the loader quantizes each tile's Q itself (_prepare_q), a tile ahead: the next tile's once the ring holds the
-    current tile's first steps, where the loader would wait for a free slot anyway."""
+    freed), then the K and V tiles of each step's list entries, in list order, into ring slot (position % STAGES),
+    the ring's positions running on across tiles. K (and V when V_TMA) go by TMA, out-of-bounds rows as zeros."""
     stride_vn = stride_vn * STRIDE_ALIGN
     n_qb = (n_q + (BLOCK_M - 1)) // BLOCK_M
-    programs = gl.num_programs(0)
+    n_kb = (n_k + (BLOCK_N - 1)) // BLOCK_N
     ring = 0
     tile_count = 0
-    if QUANTIZE_Q:
-        _load_q_stage(q_desc, q_stage, q_staged, gl.program_id(0), tiles_end, n_qb, heads_q, kv_group, BLOCK_M,
-                      HEAD_DIM)
-        _prepare_q(q_bufs, q_ready, q_empty, q_stage, q_staged, q_scales, q_desc, q_pre_scale, gl.program_id(0), 0,
-                   tiles_end, n_qb, heads_q, kv_group, BLOCK_M, BM_WG, HEAD_DIM)
-    for tile in range(gl.program_id(0), tiles_end, programs):
-        if not QUANTIZE_Q:
-            bh, qb = _tile_coords(tile, programs, tiles_end, n_qb, heads_q, kv_group)[:2]
-            q_slot = tile_count % 2
-            q_bar = q_ready.index(q_slot)
-            mbarrier.wait(q_empty.index(q_slot), ((tile_count // 2) & 1) ^ 1)  # a fresh barrier passes phase 1 at once
-            mbarrier.expect(q_bar, BLOCK_M * HEAD_DIM)
-            for wg in gl.static_range(BLOCK_M // BM_WG):
-                tma.async_copy_global_to_shared(q_desc, [(bh * n_qb + qb) * BLOCK_M + wg * BM_WG, 0], q_bar,
-                                                q_bufs.index(q_slot * (BLOCK_M // BM_WG) + wg))
-        n_steps = _tile_steps(tile, counts_ptr, tiles_end, n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
-                              BLOCK_M, BLOCK_N, KB)
-        ring_full = gl.minimum(n_steps, STAGES)  # the steps the ring takes before the loader first waits
-        _issue_steps(k_bufs, v_bufs, ready, empty, k_desc, v_desc, counts_ptr, indices_ptr, kv_lens_ptr, v_ptr, n_q,
-                     n_k, heads_q, kv_group, list_stride_b, list_stride_h, stride_vb, stride_vh, stride_vn,
-                     tiles_end, tile, ring, 0, ring_full, BLOCK_M, BLOCK_N, KB, HEAD_DIM, STAGES, V_TMA, V_CHUNK,
-                     HAS_KV_LENS)
-        if QUANTIZE_Q:
-            _prepare_q(q_bufs, q_ready, q_empty, q_stage, q_staged, q_scales, q_desc, q_pre_scale, tile + programs,
-                       tile_count + 1, tiles_end, n_qb, heads_q, kv_group, BLOCK_M, BM_WG, HEAD_DIM)
-        _issue_steps(k_bufs, v_bufs, ready, empty, k_desc, v_desc, counts_ptr, indices_ptr, kv_lens_ptr, v_ptr, n_q,
-                     n_k, heads_q, kv_group, list_stride_b, list_stride_h, stride_vb, stride_vh, stride_vn,
-                     tiles_end, tile, ring, ring_full, n_steps, BLOCK_M, BLOCK_N, KB, HEAD_DIM, STAGES, V_TMA,
-                     V_CHUNK, HAS_KV_LENS)
+    for tile in range(gl.program_id(0), tiles_end, gl.num_programs(0)):
+        bh, qb, b, h, kv_bh, n_live, n_full, indices_row_ptr = _tile(tile, counts_ptr, indices_ptr, tiles_end, n_qb,
+                                                                     n_kb, heads_q, kv_group, list_stride_b,
+                                                                     list_stride_h)
+        q_slot = tile_count % 2
+        q_bar = q_ready.index(q_slot)
+        mbarrier.wait(q_empty.index(q_slot), ((tile_count // 2) & 1) ^ 1)  # a fresh barrier passes phase 1 at once
+        mbarrier.expect(q_bar, BLOCK_M * HEAD_DIM)
+        for wg in gl.static_range(BLOCK_M // BM_WG):
+            tma.async_copy_global_to_shared(q_desc, [(bh * n_qb + qb) * BLOCK_M + wg * BM_WG, 0], q_bar,
+                                            q_bufs.index(q_slot * (BLOCK_M // BM_WG) + wg))
+        h_kv = h // kv_group
+        n_valid = _valid_keys(kv_lens_ptr, b, n_k, HAS_KV_LENS)
+        v_head_ptr = v_ptr + b.to(gl.int64) * stride_vb + h_kv.to(gl.int64) * stride_vh
+        n_steps = (n_live + (KB - 1)) // KB
+        # Indices are read one step ahead: the copies' coordinates then do not wait on a load issued in the same
+        # step. A second entry past the list reads as block n_kb: out of the head's bounds (see the loads).
+        kb_a_next = gl.load(indices_row_ptr, mask=0 < n_live, other=0)
+        kb_b_next = gl.load(indices_row_ptr + 1, mask=1 < n_live, other=n_kb)
+        for step in range(0, n_steps):
+            slot = (ring + step) % STAGES
+            entry = step * KB
+            kb_a = kb_a_next
+            kb_b = kb_b_next
+            kb_a_next = gl.load(indices_row_ptr + entry + KB, mask=entry + KB < n_live, other=0)
+            if KB == 2:
+                kb_b_next = gl.load(indices_row_ptr + entry + KB + 1, mask=entry + KB + 1 < n_live, other=n_kb)
+            mbarrier.wait(empty.index(slot), (((ring + step) // STAGES) & 1) ^ 1)
+            k_smem = k_bufs.index(slot)
+            v_smem = v_bufs.index(slot)
+            bar = ready.index(slot)
+            # the bytes the slot's TMA copies deliver, zero-filled rows included
+            mbarrier.expect(bar, KB * BLOCK_N * HEAD_DIM * (3 if V_TMA else 1))
+            _load_k_block(k_desc, kv_bh, n_kb, kb_a, bar, k_smem.slice(0, BLOCK_N), BLOCK_N)
+            if KB == 2:
+                _load_k_block(k_desc, kv_bh, n_kb, kb_b, bar, k_smem.slice(BLOCK_N, BLOCK_N), BLOCK_N)
+            if V_TMA:
+                _load_v_block(v_desc, b, h_kv, kb_a, bar, v_smem, 0, BLOCK_N, HEAD_DIM, HAS_KV_LENS)
+                if KB == 2:
+                    _load_v_block(v_desc, b, h_kv, kb_b, bar, v_smem, 1, BLOCK_N, HEAD_DIM, HAS_KV_LENS)
+            else:
+                for chunk in gl.static_range(BLOCK_N // V_CHUNK):
+                    _store_v_rows(v_smem.slice(chunk * V_CHUNK, V_CHUNK), v_head_ptr, kb_a, chunk * V_CHUNK,
+                                  n_valid, stride_vn, BLOCK_N, V_CHUNK, HEAD_DIM)
+                if KB == 2:
+                    for chunk in gl.static_range(BLOCK_N // V_CHUNK):
+                        _store_v_rows(v_smem.slice(BLOCK_N + chunk * V_CHUNK, V_CHUNK), v_head_ptr, kb_b,
+                                      chunk * V_CHUNK, n_valid, stride_vn, BLOCK_N, V_CHUNK, HEAD_DIM)
+                fence_async_shared()  # these st.shared before the consumers' wgmma reads (async proxy)
+                mbarrier.arrive(bar)  # after a barrier of this partition: every thread's stores
         ring += n_steps
         tile_count += 1
 
 
-@gluon.jit
-def _tile_steps(tile, counts_ptr, tiles_end, n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
-                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, KB: gl.constexpr):
-    """The steps of the program's tile `tile`: its live list entries, KB a step."""
-    n_qb = (n_q + (BLOCK_M - 1)) // BLOCK_M
-    _, qb, b, h, _ = _tile_coords(tile, gl.num_programs(0), tiles_end, n_qb, heads_q, kv_group)
-    list_row = (b * list_stride_b + h * list_stride_h).to(gl.int64) * n_qb + qb
-    return (gl.load(counts_ptr + list_row * 2) + (KB - 1)) // KB
-
-
-@gluon.jit(do_not_specialize=UNSPECIALIZED + ["batch", "stride_qb", "stride_qh", "stride_qn"])
+@gluon.jit(do_not_specialize=UNSPECIALIZED)
 def attention_sm90_kernel(
     q_int8_ptr, q_scale_ptr, k_int8_ptr, k_scale_ptr, v_ptr, v_fp8_ptr, v_scale_ptr, counts_ptr, indices_ptr,
-    row_shift_ptr, kv_lens_ptr, q_ptr,
+    row_shift_ptr, kv_lens_ptr,
     n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
-    batch, q_pre_scale, stride_qb, stride_qh, stride_qn,
+    batch,
     out_ptr, lse_ptr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, HEAD_DIM_PAD: gl.constexpr,
     IS_CAUSAL: gl.constexpr, RETURN_LSE: gl.constexpr, SHIFT_LSE: gl.constexpr, STRIDE_ALIGN: gl.constexpr,
     KEY_BLOCKS_PER_STEP: gl.constexpr, PV_FP8: gl.constexpr, FP8_SOFTWARE_ROUNDING: gl.constexpr,
-    HAS_KV_LENS: gl.constexpr, QUANTIZE_Q: gl.constexpr,
+    HAS_KV_LENS: gl.constexpr,
 ):
-    """attention_kernel's contract (kernel.py), plus `batch` (the tile count is batch * heads_q * query blocks)
-    and the raw Q: with QUANTIZE_Q the kernel quantizes q (q_ptr, its strides, q_pre_scale = sm_scale * log2(e))
-    itself, bit for bit as the quantize launch's Q programs would (which then do not run), and q_int8_ptr /
-    q_scale_ptr are never read; without it q_ptr and its strides are never read. QUANTIZE_Q needs q's rows on 16
-    bytes (STRIDE_ALIGN 8: TMA) and no lse shift (SHIFT_LSE: the quantize launch computes the row shift with Q's
-    int8). v_fp8_ptr / v_scale_ptr are never read (PV_FP8 is refused). Any grid covers every tile (tile = program id
-    + k * programs), but with HAS_KV_LENS each program must have one tile (its V descriptor is cut at its batch
-    row's valid keys): the plan then launches a program a tile."""
+    """attention_kernel's contract (kernel.py), plus `batch` (the tile count is batch * heads_q * query blocks).
+    v_fp8_ptr / v_scale_ptr are never read (PV_FP8 is refused). Any grid covers every tile (tile = program id +
+    k * programs), but with HAS_KV_LENS each program must have one tile (its V descriptor is cut at its batch row's
+    valid keys): the plan then launches a program a tile."""
     gl.static_assert(not PV_FP8, "attention_sm90_kernel: PV_FP8 is not supported (use the triton variant)")
     gl.static_assert(HEAD_DIM == HEAD_DIM_PAD, "attention_sm90_kernel: HEAD_DIM must equal HEAD_DIM_PAD")
     gl.static_assert((HEAD_DIM == 64) or (HEAD_DIM == 128), "attention_sm90_kernel: HEAD_DIM must be 64 or 128")
@@ -604,8 +486,6 @@ def attention_sm90_kernel(
     gl.static_assert(gl.num_warps() == _NUM_WARPS, "attention_sm90_kernel: launch with num_warps=4")
     gl.static_assert(_N_CONSUMERS == 2, "attention_sm90_kernel: its partitions are two consumer warpgroups")
     gl.static_assert((STRIDE_ALIGN == 1) or (STRIDE_ALIGN == 8), "attention_sm90_kernel: STRIDE_ALIGN is 1 or 8")
-    gl.static_assert(not QUANTIZE_Q or ((STRIDE_ALIGN == 8) and not SHIFT_LSE),
-                     "attention_sm90_kernel: QUANTIZE_Q needs STRIDE_ALIGN 8 and no SHIFT_LSE")
     KB: gl.constexpr = KEY_BLOCKS_PER_STEP
     BN: gl.constexpr = KB * BLOCK_N
     BM_WG: gl.constexpr = BLOCK_M // _N_CONSUMERS
@@ -614,36 +494,23 @@ def attention_sm90_kernel(
 
     stride_vb, stride_vh, stride_vn_el = _aligned(stride_vb, stride_vh, stride_vn, STRIDE_ALIGN)
     stride_ob, stride_oh, _ = _aligned(stride_ob, stride_oh, stride_on, STRIDE_ALIGN)
-    stride_qb, stride_qh, stride_qn = _aligned(stride_qb, stride_qh, stride_qn, STRIDE_ALIGN)
     n_qb = (n_q + (BLOCK_M - 1)) // BLOCK_M
     n_kb = (n_k + (BLOCK_N - 1)) // BLOCK_N
     heads_kv = heads_q // kv_group
     tiles_end = batch * heads_q * n_qb
 
     # Shared memory: Q of two tiles (the next one's lands while this one runs), one NVMMA tile a consumer
-    # warpgroup; the ring, a slot holding KB boxes of BLOCK_N rows of K and of V; with QUANTIZE_Q the raw Q of
-    # the loader's next tile and the scales of the two int8 tiles.
+    # warpgroup; the ring, a slot holding KB boxes of BLOCK_N rows of K and of V.
     q_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BM_WG, HEAD_DIM], gl.int8)
     k_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], gl.int8)
     v_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], gl.float16)
     q_bufs = gl.allocate_shared_memory(gl.int8, [2 * _N_CONSUMERS, BM_WG, HEAD_DIM], q_sl)
     k_bufs = gl.allocate_shared_memory(gl.int8, [_STAGES, BN, HEAD_DIM], k_sl)
     v_bufs = gl.allocate_shared_memory(gl.float16, [_STAGES, BN, HEAD_DIM], v_sl)
-    q_scales = gl.allocate_shared_memory(gl.float32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     # Descriptors built here, once a program, in the global scratch the launch passes (DESCRIPTOR_SCRATCH_BYTES a
-    # program): every tile's Q (int8, or raw with QUANTIZE_Q), every head's K blocks (ours, contiguous), and V
-    # (see _load_v_block).
-    if QUANTIZE_Q:
-        q_dtype: gl.constexpr = q_ptr.dtype.element_ty
-        q_stage = gl.allocate_shared_memory(q_dtype, [BLOCK_M, HEAD_DIM],
-                                            gl.NVMMASharedLayout.get_default_for([BLOCK_M, HEAD_DIM], q_dtype))
-        q_desc = tma.make_tensor_descriptor(
-            q_ptr, [batch, heads_q, n_q, HEAD_DIM], [stride_qb, stride_qh, stride_qn, 1], [1, 1, BLOCK_M, HEAD_DIM],
-            gl.NVMMASharedLayout.get_default_for([1, 1, BLOCK_M, HEAD_DIM], q_dtype))
-    else:
-        q_stage = q_bufs  # unused
-        q_desc = tma.make_tensor_descriptor(q_int8_ptr, [batch * heads_q * n_qb * BLOCK_M, HEAD_DIM],
-                                            [HEAD_DIM, 1], [BM_WG, HEAD_DIM], q_sl)
+    # program): every tile's quantized Q, every head's K blocks (ours, contiguous), and V (see _load_v_block).
+    q_desc = tma.make_tensor_descriptor(q_int8_ptr, [batch * heads_q * n_qb * BLOCK_M, HEAD_DIM], [HEAD_DIM, 1],
+                                        [BM_WG, HEAD_DIM], q_sl)
     k_desc = tma.make_tensor_descriptor(k_int8_ptr, [batch * heads_kv * n_kb * BLOCK_N, HEAD_DIM], [HEAD_DIM, 1],
                                         [BLOCK_N, HEAD_DIM], k_sl)
     if V_TMA:
@@ -664,30 +531,28 @@ def attention_sm90_kernel(
     empty = gl.allocate_shared_memory(gl.int64, [_STAGES, 1], mbarrier.MBarrierLayout())
     q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    q_staged = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     for s in gl.static_range(_STAGES):
         # the loader's expect (with the TMA bytes), plus one plain arrive when V went through registers
         mbarrier.init(ready.index(s), count=1 if V_TMA else 2)
         mbarrier.init(empty.index(s), count=_N_CONSUMERS)
     for s in gl.static_range(2):
-        mbarrier.init(q_ready.index(s), count=1)  # the TMA's expect, or the loader's arrive after quantizing
+        mbarrier.init(q_ready.index(s), count=1)
         mbarrier.init(q_empty.index(s), count=_N_CONSUMERS)
-    mbarrier.init(q_staged, count=1)
     fence_async_shared()  # the barrier inits before any async-proxy use
 
     gl.warp_specialize([
-        (_consumer, (q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, q_scales, counts_ptr, indices_ptr,
-                     q_scale_ptr, k_scale_ptr, kv_lens_ptr, row_shift_ptr, out_ptr, lse_ptr, n_q, n_k, heads_q,
-                     kv_group, list_stride_b, list_stride_h, stride_ob, stride_oh, stride_on, tiles_end, 0,
-                     BLOCK_M, BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, IS_CAUSAL, RETURN_LSE, SHIFT_LSE,
-                     STRIDE_ALIGN, HAS_KV_LENS, QUANTIZE_Q)),
-        (_consumer, (q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, q_scales, counts_ptr, indices_ptr,
-                     q_scale_ptr, k_scale_ptr, kv_lens_ptr, row_shift_ptr, out_ptr, lse_ptr, n_q, n_k, heads_q,
-                     kv_group, list_stride_b, list_stride_h, stride_ob, stride_oh, stride_on, tiles_end, 1,
-                     BLOCK_M, BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, IS_CAUSAL, RETURN_LSE, SHIFT_LSE,
-                     STRIDE_ALIGN, HAS_KV_LENS, QUANTIZE_Q)),
-        (_loader, (q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, q_stage, q_staged, q_scales, q_desc,
-                   k_desc, v_desc, counts_ptr, indices_ptr, kv_lens_ptr, v_ptr, q_pre_scale, n_q, n_k, heads_q,
-                   kv_group, list_stride_b, list_stride_h, stride_vb, stride_vh, stride_vn, tiles_end, BLOCK_M,
-                   BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, V_TMA, _V_CHUNK, STRIDE_ALIGN, HAS_KV_LENS, QUANTIZE_Q)),
+        (_consumer, (q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, counts_ptr, indices_ptr, q_scale_ptr,
+                     k_scale_ptr, kv_lens_ptr, row_shift_ptr, out_ptr, lse_ptr, n_q, n_k, heads_q, kv_group,
+                     list_stride_b, list_stride_h, stride_ob, stride_oh, stride_on, tiles_end, 0, BLOCK_M,
+                     BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, IS_CAUSAL, RETURN_LSE, SHIFT_LSE, STRIDE_ALIGN,
+                     HAS_KV_LENS)),
+        (_consumer, (q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, counts_ptr, indices_ptr, q_scale_ptr,
+                     k_scale_ptr, kv_lens_ptr, row_shift_ptr, out_ptr, lse_ptr, n_q, n_k, heads_q, kv_group,
+                     list_stride_b, list_stride_h, stride_ob, stride_oh, stride_on, tiles_end, 1, BLOCK_M,
+                     BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES, IS_CAUSAL, RETURN_LSE, SHIFT_LSE, STRIDE_ALIGN,
+                     HAS_KV_LENS)),
+        (_loader, (q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, q_desc, k_desc, v_desc, counts_ptr,
+                   indices_ptr, kv_lens_ptr, v_ptr, n_q, n_k, heads_q, kv_group, list_stride_b, list_stride_h,
+                   stride_vb, stride_vh, stride_vn, tiles_end, BLOCK_M, BLOCK_N, BM_WG, KB, HEAD_DIM, _STAGES,
+                   V_TMA, _V_CHUNK, STRIDE_ALIGN, HAS_KV_LENS)),
     ], [4, _LOADER_WARPS], [_CONSUMER_REGS, _LOADER_REGS])

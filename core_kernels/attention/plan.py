@@ -185,7 +185,6 @@ def _plan(buffers, launches) -> Plan:
     """The plan of these launches, with the buffers one of them reads or writes (a launch left out leaves its
     scratch unused: no executor allocates it, and none is ever read unwritten)."""
     used = {a.name for step in launches for a in step.args.values() if isinstance(a, Ref)}
-    used |= {step.global_scratch for step in launches if step.global_scratch is not None}
     return Plan({n: b for n, b in buffers.items() if n in used or n in OUTPUTS}, tuple(launches), OUTPUTS)
 
 
@@ -348,14 +347,10 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
             ("out", "lse"), cfg.combine.num_warps, cfg.combine.num_stages)
         return _plan({**shared, **split_buffers}, (*prepare, split_kv, combine))
 
-    gluon = attention_cfg.kernel == "gluon_sm90"
-    # Q quantized in the attention kernel (the Gluon kernel's TMA needs q's rows on 16 bytes; the lse shift
-    # needs the quantize launch's Q programs): the quantize launch then skips Q
-    quantize_q = gluon and attention_cfg.quantize_q and stride_align == 8 and not shift_lse
     buffers = {
         **shared,
-        "q_int8": Buffer(flat(batch * heads_q, n_qb * BLOCK_M, head_dim) if not quantize_q else (1,), "int8"),
-        "q_scale": Buffer(flat(batch * heads_q, n_qb) if not quantize_q else (1,), "float32"),
+        "q_int8": Buffer(flat(batch * heads_q, n_qb * BLOCK_M, head_dim), "int8"),
+        "q_scale": Buffer(flat(batch * heads_q, n_qb), "float32"),
         "q_row_shift": Buffer(flat(batch * heads_q, n_qb * BLOCK_M) if shift_lse else (1,), "float32"),
         "k_int8": Buffer(flat(batch * heads_kv, n_kb * BLOCK_N, head_dim), "int8"),
         "k_scale": Buffer(flat(batch * heads_kv, n_kb), "float32"),
@@ -364,7 +359,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         "v_fp16": Buffer(flat(*v_fp16_shape) if v_to_fp16 else (1,), "float16"),
     }
 
-    k_programs, q_programs = batch * heads_kv * n_kb, 0 if quantize_q else batch * heads_q * n_qb
+    k_programs, q_programs = batch * heads_kv * n_kb, batch * heads_q * n_qb
     quantize = Launch(
         "quantize", quantize_kernel, (k_programs + q_programs + (k_programs if pv_fp8 or v_to_fp16 else 0),),
         dict(q_ptr=Ref("q"), k_ptr=Ref("k"), v_ptr=Ref("v"), partial_sums_ptr=Ref("k_channel_sums"),
@@ -382,8 +377,8 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
 
     attention_kernel_fn = ATTENTION_KERNELS[attention_cfg.kernel][0]
     attention_programs = batch * heads_q * n_qb  # one program a (batch, head, query block) tile
-    descriptor_scratch, sm90_args = None, {}
-    if gluon:
+    descriptor_scratch, persistent = None, {}
+    if attention_kernel_fn is kernel_sm90.attention_sm90_kernel:
         # Persistent: a program an SM (one fits: its shared memory), each walking tiles program id + k * programs,
         # so a program's set-up and epilogue overlap the loads of its next tile; programs past the tiles exit.
         # Not min(tiles, SMs): a comparison of symbolic shapes would guard a torch.compile graph on it. With
@@ -391,8 +386,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         # descriptors in global scratch.
         if kv_lens is None and num_sms is not None:
             attention_programs = num_sms
-        sm90_args = dict(batch=batch, q_ptr=Ref("q"), q_pre_scale=float(sm_scale) * LOG2E,
-                         **strides("q", q_strides), QUANTIZE_Q=quantize_q)
+        persistent = dict(batch=batch)
         descriptor_scratch = "descriptor_scratch"
         buffers[descriptor_scratch] = Buffer((attention_programs * kernel_sm90.DESCRIPTOR_SCRATCH_BYTES,), "uint8")
     attention = Launch(
@@ -403,9 +397,9 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
              counts_ptr=Ref("block_counts"), indices_ptr=Ref("block_indices"), row_shift_ptr=Ref("q_row_shift"),
              **lengths, n_q=n_q, n_k=n_k, heads_q=heads_q, kv_group=kv_group,
              list_stride_b=list_h if list_b != 1 else 0, list_stride_h=1 if list_h != 1 else 0,
-             **strides("v", v_fp16_strides if v_to_fp16 else v_strides), **strides("o", out_strides), **sm90_args,
+             **strides("v", v_fp16_strides if v_to_fp16 else v_strides), **strides("o", out_strides), **persistent,
              out_ptr=Ref("out"), lse_ptr=Ref("lse"),
              **blocks, IS_CAUSAL=is_causal, RETURN_LSE=return_lse, SHIFT_LSE=shift_lse,
              KEY_BLOCKS_PER_STEP=attention_cfg.key_blocks_per_step, **dims, **fp8),
         ("out", "lse"), attention_cfg.num_warps, attention_cfg.num_stages, attention_cfg.maxnreg, descriptor_scratch)
-    return _plan(buffers, (sums_and_lists, quantize, attention))
+    return Plan(buffers, (sums_and_lists, quantize, attention), OUTPUTS)

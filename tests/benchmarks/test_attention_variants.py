@@ -16,6 +16,15 @@ def test_attention_ab_smoke():
     assert proc.stdout.count("key_blocks_per_step=2") == 3, proc.stdout
 
 
+def test_attention_ab_whole_plan_smoke_with_a_named_kernel():
+    """--whole-plan (every launch of a plan timed together) and a variant naming its kernel (a string value)."""
+    proc = subprocess.run([sys.executable, str(BENCH_DIR / "attention_ab.py"), "--smoke", "--whole-plan", "--masks",
+                           "causal", "--variant", "kernel=triton,key_blocks_per_step=2"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("kernel=triton,key_blocks_per_step=2") == 1, proc.stdout
+
+
 def test_pair_variant_compiles_to_n128_qk_wgmma():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, str(BENCH_DIR / "ptx_diff.py"), "--head-dims", "64", "--attention",

@@ -5,10 +5,10 @@ Needs a compiling process (TRITON_INTERPRET unset). Per case: make_plan(..., cap
 attention_override={"kernel": "gluon_sm90", ...}) from ArrayDescs -- the refused variants instead re-bound to
 the Gluon kernel with dataclasses.replace (Launch re-checks every parameter name and order), so that the kernel's
 own static_asserts are what refuse them --, then triton.compile(GluonASTSource) with the launch's argument types and
-constexprs (ptxas runs too: Triton ships it). Prints one JSON line per case: whether the plan has the kernel
-quantize Q, what the PTX holds (wgmma kinds, setmaxnreg values, mbarrier / TMA / descriptor counts, float-to-int
-conversions, global scratch), registers, spills, shared memory, warps; or the error. Also one line per refused
-variant (PV_FP8, padded head dim): the error it must raise.
+constexprs (ptxas runs too: Triton ships it). Prints one JSON line per case: what the PTX holds (wgmma kinds,
+setmaxnreg values, mbarrier / TMA / descriptor counts, global scratch), registers, spills, shared memory, warps; or
+the error. Also one
+line per refused variant (PV_FP8, padded head dim): the error it must raise.
 """
 import dataclasses
 import json
@@ -21,7 +21,7 @@ from triton import compile as triton_compile
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 
-from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, Ref, contiguous_strides
+from sparse_sageattn.core_kernels import INTERPRETED, ArrayDesc, contiguous_strides
 from sparse_sageattn.core_kernels.attention import make_plan
 from sparse_sageattn.core_kernels.attention.kernel_sm90 import attention_sm90_kernel
 
@@ -72,9 +72,7 @@ def attention_step(dtype, head_dim, is_causal, return_lse, smooth_k, with_mask, 
                      attention_override=override)
     step = next(s for s in plan.launches if s.name == "attention")
     if not supported:  # the plan refuses it (choose_attention); bind it anyway: the kernel must refuse it too
-        # the Gluon kernel's own arguments; the raw Q unused (QUANTIZE_Q off, as the lse is shifted or may be)
-        args = {**step.args, "batch": batch, "q_ptr": Ref("q"), "q_pre_scale": 1.0, "stride_qb": 0, "stride_qh": 0,
-                "stride_qn": 0, "QUANTIZE_Q": False}
+        args = {**step.args, "batch": batch}
         step = dataclasses.replace(step, kernel=attention_sm90_kernel, num_warps=4, maxnreg=168,
                                    args={name: args[name] for name in attention_sm90_kernel.arg_names})
     dtypes = {"q": dtype, "k": dtype, "v": dtype, "mask_id": "bool", "kv_lens": "int32"}
@@ -94,7 +92,7 @@ def compile_step(step, dtypes):
             signature[name] = POINTER_TYPES[dtypes[value.name]]
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:  # a scalar: never specialized (do_not_specialize), as both launchers pass it
-            signature[name] = "fp32" if isinstance(value, float) else "i32"
+            signature[name] = "i32"
     src = GluonASTSource(attention_sm90_kernel, signature, constexprs=dict(step.constexprs), attrs=attrs)
     return triton_compile(src, target=GPUTarget("cuda", 90, 32), options=step.options)
 
@@ -113,7 +111,6 @@ def evidence(compiled):
         "tma_loads": len(re.findall(r"\bcp\.async\.bulk\.tensor\.2d\.shared::cluster\.global", ptx)),
         "tma_loads_4d": len(re.findall(r"\bcp\.async\.bulk\.tensor\.4d\.shared::cluster\.global", ptx)),
         "tensormap_replace": len(re.findall(r"\btensormap\.replace\.tile\.global_address", ptx)),
-        "cvt_f32_to_int": len(re.findall(r"\bcvt\.rzi\.s(?:8|16)\.f32", ptx)),
         "mbarrier_expect_tx": len(re.findall(r"\bmbarrier\.arrive\.expect_tx", ptx)),
         "global_scratch_size": md.global_scratch_size,
         "reqntid": int(m.group(1)) if (m := re.search(r"\.reqntid\s+(\d+)", ptx)) else None,
@@ -124,10 +121,7 @@ def evidence(compiled):
 
 
 def _ptxas_spills(compiled):
-    """Stack and local bytes from the cubin's resource usage, and where its local stores are: before the first
-    setmaxnreg (USETMAXREG: Triton's hand-off of the kernel's arguments to the partitions, read back once as a
-    partition starts) or after it (a partition's registers do not suffice: a spill). Through Triton's own
-    cuobjdump; None if it cannot run."""
+    """Spill bytes from the cubin's resource usage, through Triton's own cuobjdump (None if it cannot run)."""
     import subprocess
     import tempfile
     import triton
@@ -136,18 +130,11 @@ def _ptxas_spills(compiled):
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(compiled.asm["cubin"])
             f.flush()
-            usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, timeout=60).stdout
-            sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, timeout=120).stdout
+            text = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, timeout=60).stdout
     except Exception:
         return None
-    m = re.search(r"REG:(\d+).*?STACK:(\d+).*?SHARED:(\d+).*?LOCAL:(\d+)", usage)
-    if m is None:
-        return None
-    lines = sass.splitlines()
-    first = next((n for n, line in enumerate(lines) if "USETMAXREG" in line), len(lines))
-    stores = [n for n, line in enumerate(lines) if re.search(r"\bSTL(?:\.\d+)?\b", line)]
-    return dict(zip(("reg", "stack", "shared", "local"), map(int, m.groups())),
-                stores_at_entry=sum(n < first for n in stores), stores_in_partitions=sum(n > first for n in stores))
+    m = re.search(r"REG:(\d+).*?STACK:(\d+).*?SHARED:(\d+).*?LOCAL:(\d+)", text)
+    return None if m is None else dict(zip(("reg", "stack", "shared", "local"), map(int, m.groups())))
 
 
 def main():
@@ -156,8 +143,7 @@ def main():
     for case in CASES:
         t0 = time.time()
         try:
-            step, dtypes = attention_step(*case)
-            result = dict(quantize_q=step.constexprs["QUANTIZE_Q"], **evidence(compile_step(step, dtypes)))
+            result = evidence(compile_step(*attention_step(*case)))
         except Exception as e:  # report every failing case, not only the first
             result = {"error": f"{type(e).__name__}: {e}"[-3000:]}
         print(json.dumps({"case": case, "seconds": round(time.time() - t0, 2), **result}), flush=True)

@@ -122,35 +122,3 @@ def test_more_than_2_pow_31_elements():
         check_rows(*sub[:3], None, True, "NHD", sub[3], lse[b:b + 1], rows)
     del q, k, v, out, lse
     torch.cuda.empty_cache()
-
-
-Q_IN_KERNEL_CASES = [  # batch, heads_q, heads_kv, n_q, n_k, head_dim, is_causal, density
-    (2, 8, 8, 4096, 4096, 128, False, None),
-    (1, 4, 2, 5000, 7001, 128, True, 0.5),  # ragged blocks, GQA, a mask
-    (2, 8, 2, 1000, 3000, 128, True, None),
-]
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("layout", ["HND", "NHD"])
-@pytest.mark.parametrize("case", Q_IN_KERNEL_CASES, ids=[f"{c[3]}x{c[4]}-gqa{c[1]//c[2]}-c{int(c[6])}-m{c[7]}"
-                                                         for c in Q_IN_KERNEL_CASES])
-def test_q_quantized_in_the_gluon_kernel_has_the_quantize_launchs_bits(case, layout, dtype):
-    """On sm_90 a call without the lse has the Gluon kernel quantize Q itself; with the (shifted) lse the quantize
-    launch does it: out must be bitwise the same, and within the bounds."""
-    from sparse_sageattn.core_kernels.attention import make_plan
-    from sparse_sageattn.torch import _launch
-
-    if torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("the Gluon kernel is sm_90's")
-    batch, heads_q, heads_kv, n_q, n_k, head_dim, is_causal, density = case
-    q, k, v, mask = inputs(n_q + 7, batch, heads_q, heads_kv, n_q, n_k, head_dim, layout, dtype, density)
-    descs = [_launch.describe(x) for x in (q, k, v)] + [None if mask is None else _launch.describe(mask)]
-    for return_lse, in_kernel in ((False, True), (True, False)):
-        plan = make_plan(*descs, is_causal, layout, return_lse=return_lse,
-                         capability=torch.cuda.get_device_capability(), num_sms=132)
-        assert plan.launches[-1].constexprs.get("QUANTIZE_Q") == in_kernel
-    out = sparse_sageattn(q, k, v, mask, is_causal, layout)
-    out_apart, lse = sparse_sageattn(q, k, v, mask, is_causal, layout, return_lse=True)
-    assert torch.equal(out.view(torch.int16), out_apart.view(torch.int16))
-    check_rows(q, k, v, mask, is_causal, layout, out, lse, sample_rows(n_q, count=64))
