@@ -44,8 +44,8 @@ class AttentionConfig(KernelConfig):
 @dataclass(frozen=True)
 class SplitKVConfig(KernelConfig):
     """The split-KV kernel (attention/split_kv.py) for calls of at most SPLIT_KV_MAX_QUERIES queries a head."""
-    # Splits of each block list: until B * Hkv * head groups * splits reaches programs_per_sm programs per SM,
-    # at most max_splits, and never more than there are key blocks.
+    # Splits of each block list: as many as keep B * Hkv * head groups * splits within programs_per_sm programs
+    # an SM (at least one), at most max_splits, and never more than there are key blocks.
     programs_per_sm: int = 8
     max_splits: int = 64
     # Warps for a tile of 16 rows (one query per head of a small kv group: one MMA row tile) when the whole grid
@@ -77,9 +77,11 @@ class LaunchConfigs:
     # 32/8; benchmarks/NOTES.md): with V as given 3 stages, and 2 warps for 16 rows 1.23x at (1, 128k) (512
     # programs: one wave of 2-warp programs, 1.29 of 4-warp ones), 0.94x at (1, 32k) (1088 programs: several
     # waves either way, so 4 warps there); with e4m3 V 2 stages over 3 1.21x at (1, 32k), equal at (16, 32k),
-    # and 2 warps for 16 rows 1.43x at (1, 128k), 0.98x at (1, 32k).
-    split_kv_int8: SplitKVConfig = SplitKVConfig(num_warps=4, num_stages=3, narrow_num_warps=2)
-    split_kv_e4m3: SplitKVConfig = SplitKVConfig(num_warps=4, num_stages=2, narrow_num_warps=2)
+    # and 2 warps for 16 rows 1.43x at (1, 128k), 0.98x at (1, 32k). Both at most one wave of 2-warp programs
+    # (programs_per_sm = narrow_resident_per_sm): at (1, 32k, 8) 8 splits (512 programs, 2 warps) over 17 (1088,
+    # 4 warps) 1.07x with V as given, 1.21x in e4m3; at (16, 32k, 8) 8 over 17 1.11x / 1.15x; (1, 128k) keeps 64.
+    split_kv_int8: SplitKVConfig = SplitKVConfig(num_warps=4, num_stages=3, programs_per_sm=4, narrow_num_warps=2)
+    split_kv_e4m3: SplitKVConfig = SplitKVConfig(num_warps=4, num_stages=2, programs_per_sm=4, narrow_num_warps=2)
     combine: KernelConfig = _SIMPLE
 
 

@@ -212,8 +212,8 @@ def test_short_queries_take_the_split_kv_kernel(n_q, mask_shape, heads_per_progr
     assert split.constexprs["BLOCK_ROWS"] == block_rows
     programs = 2 * 2 * (4 // heads_per_program)
     splits = split.constexprs["SPLITS"]
-    # enough programs for programs_per_sm per SM, at most 64 splits
-    assert splits == min(64, -(-132 * configs.SplitKVConfig.programs_per_sm // programs))
+    # at most programs_per_sm programs an SM, at most 64 splits
+    assert splits == min(64, 132 * configs.SplitKVConfig.programs_per_sm // programs)
     assert split.grid == (programs * splits,)
     assert plan.buffers["partial_lse"].shape == (2 * 8 * splits * n_q,)
     assert plan.launches[2].grid == (2 * 8 * n_q,)  # one program a row
@@ -251,7 +251,8 @@ def test_cache_attention_takes_its_own_split_kv_entry(v_format):
 
 @pytest.mark.parametrize("v_format", kv_cache.V_FORMATS)
 def test_cache_attention_narrows_a_16_row_grid_that_then_fits_one_wave(v_format):
-    """2 warps a program for a 16-row tile when the grid then fits one wave (4 programs an SM), else 4."""
+    """Splits for at most one wave of 2-warp programs (4 an SM), and 2 warps a program for a 16-row tile when the
+    grid then fits one wave, else 4."""
     def split_warps(batch, n_k, num_sms=132, override=None):
         cache = {n: desc(b.shape, b.dtype)
                  for n, b in kv_cache.cache_buffers(batch, 8, n_k, 128, "bfloat16", v_format).items()}
@@ -259,9 +260,10 @@ def test_cache_attention_narrows_a_16_row_grid_that_then_fits_one_wave(v_format)
                                          capability=(9, 0), num_sms=num_sms, split_kv_override=override)
         return plan.launches[0].num_warps, plan.launches[0].grid[0]
 
-    assert split_warps(1, 131072) == (2, 512)  # 8 programs x 64 splits <= 4 x 132
-    assert split_warps(8, 32768) == (4, 1088)  # 64 programs x 17 splits: several waves either way
-    assert split_warps(1, 131072, num_sms=100) == (4, 512)  # 512 > 4 x 100
+    assert split_warps(1, 131072) == (2, 512)  # 8 programs x 64 splits (the most) <= 4 x 132
+    assert split_warps(8, 32768) == (2, 512)  # 64 programs x 8 splits
+    assert split_warps(1, 131072, num_sms=100) == (2, 400)  # 8 programs x 50 splits
+    assert split_warps(1, 131072, num_sms=100, override={"splits": 64}) == (4, 512)  # 512 > 4 x 100
     assert split_warps(1, 131072, override={"num_warps": 4}) == (4, 512)  # an override's count is the launch's
 
 

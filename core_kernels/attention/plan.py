@@ -311,7 +311,7 @@ def make_plan(q: ArrayDesc, k: ArrayDesc, v: ArrayDesc, mask_id: ArrayDesc | Non
         programs = batch * heads_kv * (kv_group // heads_per_program)
         sms = configs.INTERPRETER_SMS if num_sms is None else num_sms
         splits = (split_kv_override or {}).get("splits") or min(
-            split_cfg.max_splits, n_kb, max(1, cdiv(sms * split_cfg.programs_per_sm, programs)))
+            split_cfg.max_splits, n_kb, max(1, sms * split_cfg.programs_per_sm // programs))
         partial_rows = batch * heads_q * splits * n_q
         split_buffers = {
             "partial_out": Buffer(flat(partial_rows, head_dim) if splits > 1 else (1,), "float32"),
