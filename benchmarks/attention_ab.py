@@ -6,7 +6,8 @@ A B ... B A and averaged, so clock drift does not favour one side. Also printed:
 (live blocks x 128 x 64 pairs, 4*D ops each), and each variant's output against the first variant's
 (max |diff|) and against the float64 reference on sampled rows of batch 0, head 0 (cosine, relative L1).
 A variant with tree=base is planned and compiled from another source tree's core_kernels (--baseline-root, e.g.
-a copy of main), so a change to the kernel source is timed against the code it replaces in one process.
+a copy of main; tree=NAME from --tree NAME=ROOT), so a change to the kernel source is timed against the code it
+replaces in one process.
 
 GPU:  python benchmarks/attention_ab.py --variant key_blocks_per_step=2
       (variants: repeatable, fields comma separated, e.g. --variant key_blocks_per_step=2,num_stages=2;
@@ -30,7 +31,9 @@ from sparse_sageattn.reference import COS_MIN, REL_L1_MAX, attention, cosine, re
 from sparse_sageattn.torch import _launch
 from source_tree import attention_make_plan, load_core_kernels
 
-MASKS = ("dense", "causal", "half")  # half: a random mask keeping half of the blocks, not causal
+# half / tenth: a random mask keeping that share of the blocks, not causal
+MASK_DENSITY = {"half": 0.5, "tenth": 0.1}
+MASKS = ("dense", "causal", "half", "tenth")
 
 
 def parse_variant(text):
@@ -49,7 +52,8 @@ def run_config(n, head_dim, mask_kind, variants, trees, batch, heads, device, ti
     q, k, v = (torch.randn(batch, heads, n, head_dim, generator=gen, device=device, dtype=torch.float16)
                for _ in range(3))
     n_qb, n_kb = -(-n // BLOCK_M), -(-n // BLOCK_N)
-    mask = torch.rand(n_qb, n_kb, generator=gen, device=device) < 0.5 if mask_kind == "half" else None
+    mask = (torch.rand(n_qb, n_kb, generator=gen, device=device) < MASK_DENSITY[mask_kind]
+            if mask_kind in MASK_DENSITY else None)
     causal = mask_kind == "causal"
     capability = torch.cuda.get_device_capability(device) if device == "cuda" else None
     num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device == "cuda" else None
@@ -106,6 +110,8 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CPU, interpreter): plumbing and accuracy")
     p.add_argument("--json", help="also write the records here")
     p.add_argument("--baseline-root", help="source tree whose core_kernels the tree=base variants use")
+    p.add_argument("--tree", action="append", default=[], metavar="NAME=ROOT",
+                   help="another source tree, used by the tree=NAME variants (repeatable)")
     p.add_argument("--launch-once", action="store_true",
                    help="run each variant's launches once and stop (nothing timed or checked): a target for ncu")
     p.add_argument("--whole-plan", action="store_true",
@@ -121,8 +127,11 @@ def main(argv=None):
     trees = {"current": core_kernels}
     if args.baseline_root:
         trees["base"] = load_core_kernels(args.baseline_root)
+    for item in args.tree:
+        name, root = item.split("=", 1)
+        trees[name] = load_core_kernels(root)
     if any(v.get("tree", "current") not in trees for v in variants):
-        p.error("tree=base needs --baseline-root; tree takes only 'base'")
+        p.error(f"a variant names a tree not given (--baseline-root for base, --tree NAME=ROOT): {sorted(trees)}")
     if device == "cuda":
         print(torch.cuda.get_device_name(), "triton", triton.__version__)
     records = []

@@ -13,7 +13,18 @@ def test_attention_ab_smoke():
     proc = subprocess.run([sys.executable, str(BENCH_DIR / "attention_ab.py"), "--smoke", "--variant",
                            "key_blocks_per_step=2"], capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("key_blocks_per_step=2") == 3, proc.stdout
+    assert proc.stdout.count("key_blocks_per_step=2") == 4, proc.stdout  # dense, causal, half, tenth
+
+
+def test_attention_ab_smoke_against_a_named_tree():
+    """--tree NAME=ROOT: a variant planned and compiled from another source tree's core_kernels (here this one, so
+    its out must be the table's bit for bit)."""
+    proc = subprocess.run([sys.executable, str(BENCH_DIR / "attention_ab.py"), "--smoke", "--masks", "tenth",
+                           "--tree", f"copy={BENCH_DIR.parent}", "--variant", "tree=copy"],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if "tree=copy" in line]
+    assert len(rows) == 1 and "max|diff|=0.00e+00" in rows[0], proc.stdout
 
 
 def test_attention_ab_whole_plan_smoke_with_a_named_kernel():
