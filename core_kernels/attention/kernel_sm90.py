@@ -114,20 +114,13 @@ def _tile_coords(tile, programs, n_tiles, n_qb, heads_q, kv_group):
 
 
 @gluon.jit
-def _list_row(b, h, qb, n_qb, list_stride_b, list_stride_h):
-    """The row of the block lists (counts and indices) of query block qb of (batch b, head h)."""
-    return (b * list_stride_b + h * list_stride_h).to(gl.int64) * n_qb + qb
-
-
-@gluon.jit
-def _list_counts(tile, counts_ptr, n_tiles, n_qb, heads_q, kv_group, list_stride_b, list_stride_h):
-    """(live, full) entries of tile `tile`'s block list (the unmasked ones are listed first); (0, 0) past the last
-    tile. Each partition reads its next tile's counts a tile ahead: a list written two launches before is mostly
-    out of L2, and its latency then hides under the tile before."""
-    _, qb, b, h, _ = _tile_coords(tile, gl.num_programs(0), n_tiles, n_qb, heads_q, kv_group)
-    row_ptr = counts_ptr + _list_row(b, h, qb, n_qb, list_stride_b, list_stride_h) * 2
-    exists = tile < n_tiles
-    return gl.load(row_ptr, mask=exists, other=0), gl.load(row_ptr + 1, mask=exists, other=0)
+def _tile(tile, counts_ptr, indices_ptr, n_tiles, n_qb, n_kb, heads_q, kv_group, list_stride_b, list_stride_h):
+    """_tile_coords of the program's k-th tile, and its block list: live entries, full entries (the unmasked ones,
+    listed first), its indices."""
+    bh, qb, b, h, kv_bh = _tile_coords(tile, gl.num_programs(0), n_tiles, n_qb, heads_q, kv_group)
+    list_row = (b * list_stride_b + h * list_stride_h).to(gl.int64) * n_qb + qb
+    return (bh, qb, b, h, kv_bh, gl.load(counts_ptr + list_row * 2), gl.load(counts_ptr + list_row * 2 + 1),
+            indices_ptr + list_row * n_kb)
 
 
 @gluon.jit
@@ -170,29 +163,33 @@ def _exp2_poly(x):
 
 
 @gluon.jit
-def _consume_step(acc, m_i, l_i, p_prev, v_prev, q_smem, k_bufs, ready, pos, q_scale, kb_a, kb_b, scale_a, scale_b,
-                  q_rows, n_q, n_k, BLOCK_N: gl.constexpr, BN: gl.constexpr, KB: gl.constexpr,
-                  HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, MASKED: gl.constexpr):
-    """Q.K^T and the softmax of ring position `pos`, overlapped with one P.V in flight, acc += p_prev @ v_prev:
-    the step before's, or at a tile's first step the previous tile's last (acc is then that tile's, and m_i, l_i
-    start afresh at -inf, 0). The scores' wgmma is issued first, then the P.V, and waiting for one outstanding
-    group returns the scores while P.V still runs. The arithmetic is kernel.py's _attend_tile's, in its order (the
+def _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, step, q_scale, kb_a, kb_b, scale_a,
+                  scale_b, q_rows, n_q, n_k, BLOCK_N: gl.constexpr, BN: gl.constexpr, KB: gl.constexpr,
+                  HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, MASKED: gl.constexpr,
+                  FIRST: gl.constexpr):
+    """Q.K^T and the softmax of `step`, overlapped with the P.V of the step before (p_prev, in the previous ring
+    slot): the scores' wgmma is issued first, then the previous P.V, and waiting for one outstanding group
+    returns the scores while P.V still runs. The arithmetic is kernel.py's _attend_tile's, in its order (the
     previous P.V lands in acc before acc is rescaled by this step's alpha), but for the unmasked steps' exp2 of
-    every 4th group of 8 columns (_exp2_poly).
-    Returns acc with that P.V landed (not rescaled: the caller releases its slot and rescales, or finishes the
-    previous tile), alpha, m, l, and this step's fp16 P, whose P.V the next step (or the next tile) issues."""
+    every 4th group of 8 columns (_exp2_poly). FIRST: step 0, with no P.V before it.
+    Returns this step's fp16 P, whose P.V the next step (or the caller, after the last) issues."""
     nw: gl.constexpr = gl.num_warps()
     s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1], instr_shape=[16, BN, 32])
     o_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1],
                                                   instr_shape=[16, HEAD_DIM, 16])
     p_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2)
-    slot = pos % STAGES
-    mbarrier.wait(ready.index(slot), (pos // STAGES) & 1)
+    slot = step % STAGES
+    prev_slot = (step + STAGES - 1) % STAGES
+    mbarrier.wait(ready.index(slot), (step // STAGES) & 1)
     k_smem = k_bufs.index(slot)
+    v_prev = v_bufs.index(prev_slot)
     zero = gl.zeros([q_rows.shape[0], BN], gl.int32, layout=s_l)
     qk = warpgroup_mma(q_smem, k_smem.permute((1, 0)), zero, use_acc=False, is_async=True)
-    acc = warpgroup_mma(p_prev, v_prev, acc, is_async=True)
-    qk, k_smem = warpgroup_mma_wait(num_outstanding=1, deps=(qk, k_smem))
+    if FIRST:
+        qk, k_smem = warpgroup_mma_wait(num_outstanding=0, deps=(qk, k_smem))
+    else:
+        acc = warpgroup_mma(p_prev, v_prev, acc, is_async=True)
+        qk, k_smem = warpgroup_mma_wait(num_outstanding=1, deps=(qk, k_smem))
     cols = gl.arange(0, BN, layout=gl.SliceLayout(0, s_l))
     if KB == 1:
         s = qk.to(gl.float32) * (q_scale * scale_a)
@@ -234,115 +231,68 @@ def _consume_step(acc, m_i, l_i, p_prev, v_prev, q_smem, k_bufs, ready, pos, q_s
         p = gl.where(by_poly, _exp2_poly(x), gl.exp2(x))
     l_i = l_i * alpha + gl.sum(p, axis=1)
     p16 = gl.convert_layout(p.to(gl.float16), p_l)
-    acc, v_prev, p_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, v_prev, p_prev))
-    return acc, gl.convert_layout(alpha, gl.SliceLayout(1, o_l)), m_new, l_i, p16
+    if not FIRST:
+        acc, v_prev, p_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, v_prev, p_prev))
+        mbarrier.arrive(empty.index(prev_slot))  # one arrive per warpgroup, after its MMAs have read the slot
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_l))[:, None]
+    return acc, m_new, l_i, p16
 
 
 @gluon.jit
-def _step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, pos, q_scale, kb_a, kb_b, scale_a, scale_b,
-          q_rows, n_q, n_k, BLOCK_N: gl.constexpr, BN: gl.constexpr, KB: gl.constexpr, HEAD_DIM: gl.constexpr,
-          STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, MASKED: gl.constexpr):
-    """A step after a tile's first: _consume_step with the P.V of the step before, whose slot it then releases
-    (one arrive per warpgroup, after its MMAs have read it), and acc rescaled by this step's alpha."""
-    prev_slot = (pos + STAGES - 1) % STAGES
-    acc, alpha, m_i, l_i, p16 = _consume_step(acc, m_i, l_i, p_prev, v_bufs.index(prev_slot), q_smem, k_bufs, ready,
-                                              pos, q_scale, kb_a, kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N,
-                                              BN, KB, HEAD_DIM, STAGES, IS_CAUSAL, MASKED)
-    mbarrier.arrive(empty.index(prev_slot))
-    return acc * alpha[:, None], m_i, l_i, p16
-
-
-@gluon.jit
-def _attend_tile(acc_prev, m_prev, l_prev, p_prev, prev_tile, q_smem, k_bufs, v_bufs, ready, empty, q_empty_bar,
-                 ring, indices_row_ptr, k_scale_head_ptr, q_scale, n_live, n_full, qb, n_q, n_k, n_kb, row_shift_ptr,
-                 out_ptr, lse_ptr, n_qb, heads_q, kv_group, tiles_end, stride_ob, stride_oh, stride_on,
-                 WG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BM_WG: gl.constexpr,
-                 KB: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr,
-                 RETURN_LSE: gl.constexpr, SHIFT_LSE: gl.constexpr):
-    """Consumer warpgroup WG on its rows of query block qb of a tile with live entries: all its steps, the ring
-    slots from position `ring` on. Its first step overlaps the previous tile's last P.V (acc_prev += p_prev @ that
-    slot), after which it releases the slot and stores the previous tile (_store_tile: prev_tile, with m_prev,
-    l_prev); with no previous tile (prev_tile < 0) a P of zeros against this tile's first V slot, whose result is
-    dropped. Releases the tile's Q (q_empty_bar) once its last Q.K^T has been read. Returns this tile's acc (every
-    P.V but the last), m, l and last P: that P.V is left to the next tile's first step, so a tile boundary does
-    not leave the tensor cores waiting on a softmax."""
+def _attend_tile(q_smem, k_bufs, v_bufs, ready, empty, q_empty_bar, ring, indices_row_ptr, k_scale_head_ptr,
+                 q_scale, n_live, n_full, q_row0, n_q, n_k, n_kb, BLOCK_N: gl.constexpr, BM_WG: gl.constexpr,
+                 KB: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr):
+    """One consumer warpgroup on query rows [q_row0, q_row0 + BM_WG) of a tile: all its steps, the ring slots from
+    position `ring` on. Releases the tile's Q (q_empty_bar) once its last Q.K^T has been read. Returns acc, m, l."""
     nw: gl.constexpr = gl.num_warps()
     BN: gl.constexpr = KB * BLOCK_N
     s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1], instr_shape=[16, BN, 32])
     o_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1],
                                                   instr_shape=[16, HEAD_DIM, 16])
     row_l: gl.constexpr = gl.SliceLayout(1, s_l)
-    q_rows = qb * BLOCK_M + WG * BM_WG + gl.arange(0, BM_WG, layout=row_l)
+    q_rows = q_row0 + gl.arange(0, BM_WG, layout=row_l)
+    acc = gl.zeros([BM_WG, HEAD_DIM], gl.float32, layout=o_l)
     m_i = gl.full([BM_WG], float("-inf"), gl.float32, layout=row_l)
     l_i = gl.zeros([BM_WG], gl.float32, layout=row_l)
+    p_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2)
+    p_prev = gl.zeros([BM_WG, BN], gl.float16, layout=p_l)
     n_steps = (n_live + (KB - 1)) // KB
     n_unmasked = n_full // KB  # an odd last full block joins the masked steps (its mask is all-visible)
-    has_prev = prev_tile >= 0
-    prev_slot = gl.where(has_prev, (ring + STAGES - 1) % STAGES, ring % STAGES)
     kb_a, kb_b, scale_a, scale_b = _step_blocks(indices_row_ptr, k_scale_head_ptr, 0, n_live, n_kb, BLOCK_N, KB)
-    next_a, next_b, next_sa, next_sb = _step_blocks(indices_row_ptr, k_scale_head_ptr, 1, n_live, n_kb, BLOCK_N, KB)
-    # step 0: masked when no full step precedes the masked ones
-    if n_unmasked > 0:
-        acc_prev, _, m_i, l_i, p_prev = _consume_step(acc_prev, m_i, l_i, p_prev, v_bufs.index(prev_slot), q_smem,
-                                                      k_bufs, ready, ring, q_scale, kb_a, kb_b, scale_a, scale_b,
-                                                      q_rows, n_q, n_k, BLOCK_N, BN, KB, HEAD_DIM, STAGES,
-                                                      IS_CAUSAL, False)
-    else:
-        acc_prev, _, m_i, l_i, p_prev = _consume_step(acc_prev, m_i, l_i, p_prev, v_bufs.index(prev_slot), q_smem,
-                                                      k_bufs, ready, ring, q_scale, kb_a, kb_b, scale_a, scale_b,
-                                                      q_rows, n_q, n_k, BLOCK_N, BN, KB, HEAD_DIM, STAGES,
-                                                      IS_CAUSAL, True)
-    if has_prev:
-        mbarrier.arrive(empty.index(prev_slot))
-        _store_tile(acc_prev, m_prev, l_prev, prev_tile, row_shift_ptr, out_ptr, lse_ptr, n_q, n_qb, heads_q,
-                    kv_group, tiles_end, stride_ob, stride_oh, stride_on, WG, BLOCK_M, BM_WG, BN, RETURN_LSE,
-                    SHIFT_LSE)
-    kb_a, kb_b, scale_a, scale_b = next_a, next_b, next_sa, next_sb
-    acc = gl.zeros([BM_WG, HEAD_DIM], gl.float32, layout=o_l)
+    if n_steps > 0:  # step 0 has no P.V before it to overlap; masked when no full step precedes the masked ones
+        next_a, next_b, next_sa, next_sb = _step_blocks(indices_row_ptr, k_scale_head_ptr, 1, n_live, n_kb, BLOCK_N,
+                                                        KB)
+        if n_unmasked > 0:
+            acc, m_i, l_i, p_prev = _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, ring,
+                                                  q_scale, kb_a, kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N,
+                                                  BN, KB, HEAD_DIM, STAGES, IS_CAUSAL, False, True)
+        else:
+            acc, m_i, l_i, p_prev = _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, ring,
+                                                  q_scale, kb_a, kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N,
+                                                  BN, KB, HEAD_DIM, STAGES, IS_CAUSAL, True, True)
+        kb_a, kb_b, scale_a, scale_b = next_a, next_b, next_sa, next_sb
     for step in range(1, n_unmasked):
         next_a, next_b, next_sa, next_sb = _step_blocks(indices_row_ptr, k_scale_head_ptr, step + 1, n_live, n_kb,
                                                         BLOCK_N, KB)
-        acc, m_i, l_i, p_prev = _step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, ring + step,
-                                      q_scale, kb_a, kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N, BN, KB,
-                                      HEAD_DIM, STAGES, IS_CAUSAL, False)
+        acc, m_i, l_i, p_prev = _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty,
+                                              ring + step, q_scale, kb_a, kb_b, scale_a, scale_b, q_rows, n_q, n_k,
+                                              BLOCK_N, BN, KB, HEAD_DIM, STAGES, IS_CAUSAL, False, False)
         kb_a, kb_b, scale_a, scale_b = next_a, next_b, next_sa, next_sb
     for step in range(gl.maximum(n_unmasked, 1), n_steps):
         next_a, next_b, next_sa, next_sb = _step_blocks(indices_row_ptr, k_scale_head_ptr, step + 1, n_live, n_kb,
                                                         BLOCK_N, KB)
-        acc, m_i, l_i, p_prev = _step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty, ring + step,
-                                      q_scale, kb_a, kb_b, scale_a, scale_b, q_rows, n_q, n_k, BLOCK_N, BN, KB,
-                                      HEAD_DIM, STAGES, IS_CAUSAL, True)
+        acc, m_i, l_i, p_prev = _consume_step(acc, m_i, l_i, p_prev, q_smem, k_bufs, v_bufs, ready, empty,
+                                              ring + step, q_scale, kb_a, kb_b, scale_a, scale_b, q_rows, n_q, n_k,
+                                              BLOCK_N, BN, KB, HEAD_DIM, STAGES, IS_CAUSAL, True, False)
         kb_a, kb_b, scale_a, scale_b = next_a, next_b, next_sa, next_sb
     mbarrier.arrive(q_empty_bar)  # every Q.K^T of the tile has been waited for: the loader may refill its Q
-    return acc, m_i, l_i, p_prev
-
-
-@gluon.jit
-def _store_tile(acc, m_i, l_i, tile, row_shift_ptr, out_ptr, lse_ptr, n_q, n_qb, heads_q, kv_group, tiles_end,
-                stride_ob, stride_oh, stride_on, WG: gl.constexpr, BLOCK_M: gl.constexpr, BM_WG: gl.constexpr,
-                BN: gl.constexpr, RETURN_LSE: gl.constexpr, SHIFT_LSE: gl.constexpr):
-    """The epilogue of consumer warpgroup WG's rows of tile `tile`: out = acc / l (zeros where nothing was seen:
-    acc is 0 there too), and lse = (m + log2 l) ln 2 (+ the row shift), -inf where nothing was seen."""
-    s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[gl.num_warps(), 1],
-                                                  instr_shape=[16, BN, 32])
-    o_l: gl.constexpr = acc.type.layout
-    bh, qb, b, h, _ = _tile_coords(tile, gl.num_programs(0), tiles_end, n_qb, heads_q, kv_group)
-    q_row0 = qb * BLOCK_M + WG * BM_WG
-    om = gl.arange(0, BM_WG, layout=gl.SliceLayout(1, o_l))
-    od = gl.arange(0, acc.shape[1], layout=gl.SliceLayout(0, o_l))
-    seen_nothing = l_i == 0.0
-    l_safe = gl.where(seen_nothing, 1.0, l_i)
-    out = acc / gl.convert_layout(l_safe, gl.SliceLayout(1, o_l))[:, None]
-    out_rows_ptr = out_ptr + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh + q_row0.to(gl.int64) * stride_on
-    out_valid = (q_row0 + om < n_q)[:, None] & (od < acc.shape[1])[None, :]
-    gl.store(out_rows_ptr + om[:, None] * stride_on + od[None, :], out.to(out_ptr.dtype.element_ty), mask=out_valid)
-    if RETURN_LSE:
-        q_rows = q_row0 + gl.arange(0, BM_WG, layout=gl.SliceLayout(1, s_l))
-        lse2 = m_i + gl.log2(l_safe)
-        if SHIFT_LSE:
-            lse2 += gl.load(row_shift_ptr + bh.to(gl.int64) * n_qb * BLOCK_M + q_rows)
-        lse = gl.where(seen_nothing, float("-inf"), lse2 * LN2)
-        gl.store(lse_ptr + bh.to(gl.int64) * n_q + q_rows, lse, mask=q_rows < n_q)
+    if n_steps > 0:  # the last step's P.V
+        last = (ring + n_steps - 1) % STAGES
+        v_last = v_bufs.index(last)
+        acc = warpgroup_mma(p_prev, v_last, acc, is_async=True)
+        acc, v_last, p_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, v_last, p_prev))
+        mbarrier.arrive(empty.index(last))
+    return acc, m_i, l_i
 
 
 @gluon.jit
@@ -353,69 +303,51 @@ def _consumer(q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, counts_ptr
               HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, IS_CAUSAL: gl.constexpr, RETURN_LSE: gl.constexpr,
               SHIFT_LSE: gl.constexpr, STRIDE_ALIGN: gl.constexpr, HAS_KV_LENS: gl.constexpr):
     """Consumer warpgroup WG (query rows [WG * BM_WG, (WG + 1) * BM_WG) of each tile): the program's tiles in
-    turn, each attended (_attend_tile) with its last P.V carried into the next tile's first step, and the tile
-    before stored (_store_tile) once that P.V has landed; the last tile after the loop. A tile with an empty list
-    stores zeros at once and leaves the carried P.V to the next."""
+    turn, each attended (_attend_tile), then its epilogue (out, lse) while the loader already fills the ring with
+    the next tile's Q, K and V."""
     nw: gl.constexpr = gl.num_warps()
-    BN: gl.constexpr = KB * BLOCK_N
+    s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1],
+                                                  instr_shape=[16, KB * BLOCK_N, 32])
     o_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1],
                                                   instr_shape=[16, HEAD_DIM, 16])
-    s_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[nw, 1], instr_shape=[16, BN, 32])
-    p_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_l, k_width=2)
-    row_l: gl.constexpr = gl.SliceLayout(1, s_l)
     n_qb = (n_q + (BLOCK_M - 1)) // BLOCK_M
     n_kb = (n_k + (BLOCK_N - 1)) // BLOCK_N
     stride_on = stride_on * STRIDE_ALIGN  # multiplied here, where the compiler sees the multiple (16-byte rows)
-    programs = gl.num_programs(0)
-    # the tile whose last P.V is still to issue (-1: none yet), with its acc, m, l and last P
-    prev_tile = gl.program_id(0) * 0 - 1
-    acc_prev = gl.zeros([BM_WG, HEAD_DIM], gl.float32, layout=o_l)
-    m_prev = gl.full([BM_WG], float("-inf"), gl.float32, layout=row_l)
-    l_prev = gl.zeros([BM_WG], gl.float32, layout=row_l)
-    p_prev = gl.zeros([BM_WG, BN], gl.float16, layout=p_l)
+    om = gl.arange(0, BM_WG, layout=gl.SliceLayout(1, o_l))
+    od = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_l))
     ring = 0
     tile_count = 0
-    # the first tile's list counts; then each tile reads the next one's (see _list_counts)
-    next_live, next_full = _list_counts(gl.program_id(0), counts_ptr, tiles_end, n_qb, heads_q, kv_group,
-                                        list_stride_b, list_stride_h)
-    for tile in range(gl.program_id(0), tiles_end, programs):
-        n_live = next_live
-        n_full = next_full
-        next_live, next_full = _list_counts(tile + programs, counts_ptr, tiles_end, n_qb, heads_q, kv_group,
-                                            list_stride_b, list_stride_h)
-        bh, qb, b, h, kv_bh = _tile_coords(tile, programs, tiles_end, n_qb, heads_q, kv_group)
-        q_scale = gl.load(q_scale_ptr + bh.to(gl.int64) * n_qb + qb)  # first used after the tile's first Q.K^T
+    for tile in range(gl.program_id(0), tiles_end, gl.num_programs(0)):
+        bh, qb, b, h, kv_bh, n_live, n_full, indices_row_ptr = _tile(tile, counts_ptr, indices_ptr, tiles_end, n_qb,
+                                                                     n_kb, heads_q, kv_group, list_stride_b,
+                                                                     list_stride_h)
         n_valid = _valid_keys(kv_lens_ptr, b, n_k, HAS_KV_LENS)
+        q_scale = gl.load(q_scale_ptr + bh.to(gl.int64) * n_qb + qb)
+        q_row0 = qb * BLOCK_M + WG * BM_WG
         q_slot = tile_count % 2
         mbarrier.wait(q_ready.index(q_slot), (tile_count // 2) & 1)
-        n_steps = (n_live + (KB - 1)) // KB
-        if n_steps > 0:
-            indices_row_ptr = indices_ptr + _list_row(b, h, qb, n_qb, list_stride_b, list_stride_h) * n_kb
-            acc_prev, m_prev, l_prev, p_prev = _attend_tile(
-                acc_prev, m_prev, l_prev, p_prev, prev_tile, q_bufs.index(q_slot * (BLOCK_M // BM_WG) + WG), k_bufs,
-                v_bufs, ready, empty, q_empty.index(q_slot), ring, indices_row_ptr,
-                k_scale_ptr + kv_bh.to(gl.int64) * n_kb, q_scale, n_live, n_full, qb, n_q, n_valid, n_kb,
-                row_shift_ptr, out_ptr, lse_ptr, n_qb, heads_q, kv_group, tiles_end, stride_ob, stride_oh, stride_on,
-                WG, BLOCK_M, BLOCK_N, BM_WG, KB, HEAD_DIM, STAGES, IS_CAUSAL, RETURN_LSE, SHIFT_LSE)
-            prev_tile = tile
-            ring += n_steps
-        else:
-            mbarrier.arrive(q_empty.index(q_slot))  # nothing read this Q
-            _store_tile(gl.zeros([BM_WG, HEAD_DIM], gl.float32, layout=o_l),
-                        gl.full([BM_WG], float("-inf"), gl.float32, layout=row_l),
-                        gl.zeros([BM_WG], gl.float32, layout=row_l), tile, row_shift_ptr, out_ptr, lse_ptr, n_q, n_qb,
-                        heads_q, kv_group, tiles_end, stride_ob, stride_oh, stride_on, WG, BLOCK_M, BM_WG, BN,
-                        RETURN_LSE, SHIFT_LSE)
+        acc, m_i, l_i = _attend_tile(q_bufs.index(q_slot * (BLOCK_M // BM_WG) + WG), k_bufs, v_bufs, ready, empty,
+                                     q_empty.index(q_slot), ring, indices_row_ptr,
+                                     k_scale_ptr + kv_bh.to(gl.int64) * n_kb, q_scale, n_live, n_full, q_row0, n_q,
+                                     n_valid, n_kb, BLOCK_N, BM_WG, KB, HEAD_DIM, STAGES, IS_CAUSAL)
+        ring += (n_live + (KB - 1)) // KB
         tile_count += 1
-    if prev_tile >= 0:  # the last tile's last P.V
-        last = (ring + STAGES - 1) % STAGES
-        v_last = v_bufs.index(last)
-        acc_prev = warpgroup_mma(p_prev, v_last, acc_prev, is_async=True)
-        acc_prev, v_last, p_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc_prev, v_last, p_prev))
-        mbarrier.arrive(empty.index(last))
-        _store_tile(acc_prev, m_prev, l_prev, prev_tile, row_shift_ptr, out_ptr, lse_ptr, n_q, n_qb, heads_q,
-                    kv_group, tiles_end, stride_ob, stride_oh, stride_on, WG, BLOCK_M, BM_WG, BN, RETURN_LSE,
-                    SHIFT_LSE)
+
+        seen_nothing = l_i == 0.0
+        l_safe = gl.where(seen_nothing, 1.0, l_i)
+        out = acc / gl.convert_layout(l_safe, gl.SliceLayout(1, o_l))[:, None]  # acc is 0 where l is: zeros
+        out_rows_ptr = out_ptr + b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh \
+            + q_row0.to(gl.int64) * stride_on
+        out_valid = (q_row0 + om < n_q)[:, None] & (od < HEAD_DIM)[None, :]
+        gl.store(out_rows_ptr + om[:, None] * stride_on + od[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=out_valid)
+        if RETURN_LSE:
+            q_rows = q_row0 + gl.arange(0, BM_WG, layout=gl.SliceLayout(1, s_l))
+            lse2 = m_i + gl.log2(l_safe)
+            if SHIFT_LSE:
+                lse2 += gl.load(row_shift_ptr + bh.to(gl.int64) * n_qb * BLOCK_M + q_rows)
+            lse = gl.where(seen_nothing, float("-inf"), lse2 * LN2)
+            gl.store(lse_ptr + bh.to(gl.int64) * n_q + q_rows, lse, mask=q_rows < n_q)
 
 
 @gluon.jit
@@ -471,17 +403,12 @@ def _loader(q_bufs, k_bufs, v_bufs, ready, empty, q_ready, q_empty, q_desc, k_de
     stride_vn = stride_vn * STRIDE_ALIGN
     n_qb = (n_q + (BLOCK_M - 1)) // BLOCK_M
     n_kb = (n_k + (BLOCK_N - 1)) // BLOCK_N
-    programs = gl.num_programs(0)
     ring = 0
     tile_count = 0
-    next_live, _ = _list_counts(gl.program_id(0), counts_ptr, tiles_end, n_qb, heads_q, kv_group, list_stride_b,
-                                list_stride_h)
-    for tile in range(gl.program_id(0), tiles_end, programs):
-        n_live = next_live
-        next_live, _ = _list_counts(tile + programs, counts_ptr, tiles_end, n_qb, heads_q, kv_group, list_stride_b,
-                                    list_stride_h)
-        bh, qb, b, h, kv_bh = _tile_coords(tile, programs, tiles_end, n_qb, heads_q, kv_group)
-        indices_row_ptr = indices_ptr + _list_row(b, h, qb, n_qb, list_stride_b, list_stride_h) * n_kb
+    for tile in range(gl.program_id(0), tiles_end, gl.num_programs(0)):
+        bh, qb, b, h, kv_bh, n_live, n_full, indices_row_ptr = _tile(tile, counts_ptr, indices_ptr, tiles_end, n_qb,
+                                                                     n_kb, heads_q, kv_group, list_stride_b,
+                                                                     list_stride_h)
         q_slot = tile_count % 2
         q_bar = q_ready.index(q_slot)
         mbarrier.wait(q_empty.index(q_slot), ((tile_count // 2) & 1) ^ 1)  # a fresh barrier passes phase 1 at once

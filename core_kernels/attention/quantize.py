@@ -21,29 +21,52 @@ from .fp8 import E4M3_MAX, to_e4m3
 
 
 @triton.jit
+def _load_rows(tile_ptr, first_row, n_rows, stride_n, TILE_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
+               HEAD_DIM_PAD: tl.constexpr):
+    """TILE_ROWS rows from tile_ptr (row first_row of its head), zeros past n_rows and HEAD_DIM."""
+    offs_r = tl.arange(0, TILE_ROWS)
+    offs_d = tl.arange(0, HEAD_DIM_PAD)
+    valid = (first_row + offs_r < n_rows)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    return tl.load(tile_ptr + offs_r[:, None] * stride_n + offs_d[None, :], mask=valid, other=0.0)
+
+
+@triton.jit
+def _reduce_rows(acc, x, ABS_MAX: tl.constexpr):
+    if ABS_MAX:
+        # a NaN keeps its own e4m3 NaN and reaches the output; it must not make the channel's scale NaN
+        return tl.maximum(acc, tl.where(x == x, tl.abs(x.to(tl.float32)), 0.0))
+    else:
+        return acc + x.to(tl.float32)
+
+
+@triton.jit
 def _channel_reduce(
     x_ptr, bh, chunk, n_chunks, n_rows, heads, stride_b, stride_h, stride_n, partial_ptr,
     ROWS_PER_CHUNK: tl.constexpr, TILE_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PAD: tl.constexpr,
     ABS_MAX: tl.constexpr,
 ):
-    """Sums (ABS_MAX False) or maxima of |x| ignoring NaNs (ABS_MAX True) over the chunk's rows, per channel."""
+    """Sums (ABS_MAX False) or maxima of |x| ignoring NaNs (ABS_MAX True) over the chunk's rows, per channel.
+    An iteration issues four tile loads before it uses the first: with one in flight a program, the few programs
+    an SM that B*Hkv*chunks gives at moderate sizes leave DRAM idle."""
+    tl.static_assert(ROWS_PER_CHUNK % (4 * TILE_ROWS) == 0, "_channel_reduce: ROWS_PER_CHUNK % (4 * TILE_ROWS)")
     b = bh // heads
     h = bh % heads
     first_row = chunk * ROWS_PER_CHUNK
     chunk_ptr = x_ptr + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h + first_row.to(tl.int64) * stride_n
-    offs_r = tl.arange(0, TILE_ROWS)
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     acc = tl.zeros([TILE_ROWS, HEAD_DIM_PAD], dtype=tl.float32)
-    for r0 in range(0, ROWS_PER_CHUNK, TILE_ROWS):
-        rows = first_row + r0 + offs_r
-        tile_ptr = chunk_ptr + r0 * stride_n
-        valid = (rows < n_rows)[:, None] & (offs_d < HEAD_DIM)[None, :]
-        x = tl.load(tile_ptr + offs_r[:, None] * stride_n + offs_d[None, :], mask=valid, other=0.0)
-        if ABS_MAX:
-            # a NaN keeps its own e4m3 NaN and reaches the output; it must not make the channel's scale NaN
-            acc = tl.maximum(acc, tl.where(x == x, tl.abs(x.to(tl.float32)), 0.0))
-        else:
-            acc += x.to(tl.float32)
+    for r0 in range(0, ROWS_PER_CHUNK, 4 * TILE_ROWS):
+        row = first_row + r0
+        ptr = chunk_ptr + r0 * stride_n
+        x0 = _load_rows(ptr, row, n_rows, stride_n, TILE_ROWS, HEAD_DIM, HEAD_DIM_PAD)
+        x1 = _load_rows(ptr + TILE_ROWS * stride_n, row + TILE_ROWS, n_rows, stride_n, TILE_ROWS, HEAD_DIM,
+                        HEAD_DIM_PAD)
+        x2 = _load_rows(ptr + 2 * TILE_ROWS * stride_n, row + 2 * TILE_ROWS, n_rows, stride_n, TILE_ROWS, HEAD_DIM,
+                        HEAD_DIM_PAD)
+        x3 = _load_rows(ptr + 3 * TILE_ROWS * stride_n, row + 3 * TILE_ROWS, n_rows, stride_n, TILE_ROWS, HEAD_DIM,
+                        HEAD_DIM_PAD)
+        acc = _reduce_rows(_reduce_rows(_reduce_rows(_reduce_rows(acc, x0, ABS_MAX), x1, ABS_MAX), x2, ABS_MAX), x3,
+                           ABS_MAX)
     out_ptr = partial_ptr + (bh.to(tl.int64) * n_chunks + chunk) * HEAD_DIM_PAD
     if ABS_MAX:
         tl.store(out_ptr + offs_d, tl.max(acc, axis=0))
@@ -55,12 +78,19 @@ def _channel_reduce(
 def _channel_mean(partial_sums_ptr, mean_bh, n_chunks, n_mean_rows, ROWS_PER_CHUNK: tl.constexpr,
                   HEAD_DIM_PAD: tl.constexpr):
     """Mean over the first n_mean_rows keys of one (batch, kv head), from _channel_reduce's partial sums (n_chunks
-    a row), summed in chunk order: the same value in every kernel that asks."""
+    a row), summed in chunk order: the same value in every kernel that asks. Four partials are loaded at a time,
+    before any is added (one dependent load a chunk cost each quantize program a round trip per 2048 keys); a
+    partial past the last reads as +0.0, which leaves the sum's bits as they are (it is never -0.0)."""
     offs_d = tl.arange(0, HEAD_DIM_PAD)
     row_ptr = partial_sums_ptr + mean_bh.to(tl.int64) * n_chunks * HEAD_DIM_PAD
+    n_used = tl.cdiv(n_mean_rows, ROWS_PER_CHUNK)
     total = tl.zeros([HEAD_DIM_PAD], dtype=tl.float32)
-    for c in range(0, tl.cdiv(n_mean_rows, ROWS_PER_CHUNK)):
-        total += tl.load(row_ptr + c * HEAD_DIM_PAD + offs_d)
+    for c in range(0, n_used, 4):
+        x0 = tl.load(row_ptr + c * HEAD_DIM_PAD + offs_d)
+        x1 = tl.load(row_ptr + (c + 1) * HEAD_DIM_PAD + offs_d, mask=(c + 1 < n_used) & (offs_d >= 0), other=0.0)
+        x2 = tl.load(row_ptr + (c + 2) * HEAD_DIM_PAD + offs_d, mask=(c + 2 < n_used) & (offs_d >= 0), other=0.0)
+        x3 = tl.load(row_ptr + (c + 3) * HEAD_DIM_PAD + offs_d, mask=(c + 3 < n_used) & (offs_d >= 0), other=0.0)
+        total = (((total + x0) + x1) + x2) + x3
     # n_mean_rows == 0 only when no key is valid; the mean is then unused, keep it finite.
     return total / tl.maximum(n_mean_rows, 1).to(tl.float32)
 
@@ -129,6 +159,9 @@ def _quantize_block(
     """
     b = bh // heads
     h = bh % heads
+    if SUBTRACT_MEAN or WRITE_ROW_SHIFT:  # its loads first: they overlap the block's
+        mean = _channel_mean(partial_sums_ptr, b * (heads // mean_head_group) + h // mean_head_group, n_chunks,
+                             n_mean_rows, ROWS_PER_CHUNK, HEAD_DIM_PAD)
     x, rows, valid = _load_block(x_ptr, b, h, blk, n_rows, stride_b, stride_h, stride_n, BLOCK_ROWS, HEAD_DIM,
                                  HEAD_DIM_PAD)
     offs_r = tl.arange(0, BLOCK_ROWS)
@@ -136,8 +169,6 @@ def _quantize_block(
     d_valid = offs_d < HEAD_DIM
     x = x * tl.cast(pre_scale, tl.float32)  # jax-triton passes Python floats as fp64
     if SUBTRACT_MEAN or WRITE_ROW_SHIFT:
-        mean_bh = b * (heads // mean_head_group) + h // mean_head_group
-        mean = _channel_mean(partial_sums_ptr, mean_bh, n_chunks, n_mean_rows, ROWS_PER_CHUNK, HEAD_DIM_PAD)
         if SUBTRACT_MEAN:
             x = tl.where(valid, x - mean[None, :], 0.0)
         if WRITE_ROW_SHIFT:
